@@ -1,0 +1,113 @@
+"""The `modelplane-operator` command: `run` the operator, `render` a CR offline, print the `crd`.
+
+`render -f cr.yaml` prints every child manifest without a cluster (a GitOps preview); without a
+`metadata.uid` in the file the children carry no owner reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelplane_operator import crd
+from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
+from modelplane_operator.render import Owner, RenderOptions, render
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelplane-operator", description="The ModelDeployment operator."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator against the current cluster")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeat for more); default: the whole cluster",
+    )
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    show = commands.add_parser("render", help="print the children of a ModelDeployment as YAML")
+    show.add_argument("-f", "--filename", required=True, type=Path, help="ModelDeployment YAML")
+    show.add_argument(
+        "--assume-prometheus-operator",
+        action="store_true",
+        help="render the ServiceMonitor as if its CRD were installed",
+    )
+    commands.add_parser("crd", help="print the CustomResourceDefinition")
+    return parser
+
+
+def render_file(path: Path, prometheus_operator: bool) -> str:
+    """Every child manifest of the ModelDeployment(s) in `path`, as a YAML stream."""
+    documents: list[dict[str, Any]] = []
+    for body in yaml.safe_load_all(path.read_text()):
+        if not body:
+            continue
+        if body.get("apiVersion") != API_VERSION or body.get("kind") != KIND:
+            raise ValueError(f"{path}: expected {API_VERSION} {KIND}, got {body.get('kind')}")
+        metadata = body.get("metadata") or {}
+        spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        owner = Owner(
+            name=metadata["name"],
+            namespace=metadata.get("namespace", "default"),
+            uid=metadata.get("uid"),
+        )
+        documents += render(owner, spec, RenderOptions(prometheus_operator)).children
+    return yaml.safe_dump_all(documents, sort_keys=False, width=100)
+
+
+def _run(namespaces: list[str] | None, verbose: bool) -> None:
+    import kopf
+
+    from modelplane_operator import handlers, metrics
+    from modelplane_operator.settings import OperatorSettings, kopf_settings
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides: dict[str, Any] = {"namespaces": namespaces} if namespaces else {}
+    settings = OperatorSettings(**overrides)
+    metrics.serve(settings.metrics_port)
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=handlers.registry,
+            settings=kopf_settings(settings),
+            memo=kopf.Memo(context=handlers.OperatorContext(settings=settings)),
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=liveness,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    arguments = _parser().parse_args(argv)
+    if arguments.command == "crd":
+        sys.stdout.write(crd.render_yaml())
+        return 0
+    if arguments.command == "render":
+        try:
+            sys.stdout.write(render_file(arguments.filename, arguments.assume_prometheus_operator))
+        except (ValidationError, ValueError, OSError) as error:
+            sys.stderr.write(f"modelplane-operator render: {error}\n")
+            return 1
+        return 0
+    _run(arguments.namespace, arguments.verbose)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

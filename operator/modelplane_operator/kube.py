@@ -1,0 +1,251 @@
+"""The only module that talks to the Kubernetes API (lightkube's async client).
+
+Reads return plain dicts in API form. Writes are server-side apply with one field manager and
+`force=True`, and happen only when the live object differs from the desired one in a field we
+manage (`needs_apply`), so a converged cluster sees no writes at all. A 409 conflict is retried
+quickly here, in one place; every other API error propagates to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import InvalidOperation
+from typing import Any, TypeVar
+
+from lightkube import ApiError, AsyncClient
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.core_v1 import Pod, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.types import PatchType
+from lightkube.utils.quantity import parse_quantity
+
+from modelplane_operator.models import GROUP, KIND, PLURAL, VERSION
+from modelplane_operator.render import FIELD_MANAGER
+
+Object = dict[str, Any]
+T = TypeVar("T")
+
+ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+ServiceMonitorResource = create_namespaced_resource(
+    "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"
+)
+
+# Every kind the operator renders, keyed by (apiVersion, kind).
+CHILD_KINDS: dict[tuple[str, str], type[NamespacedResource]] = {
+    ("apps/v1", "Deployment"): Deployment,
+    ("v1", "Service"): Service,
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): HorizontalPodAutoscaler,
+    ("policy/v1", "PodDisruptionBudget"): PodDisruptionBudget,
+    ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitorResource,
+}
+HASH_ANNOTATION = f"{GROUP}/applied-hash"
+CONFLICT = 409
+NOT_FOUND = 404
+
+
+def to_object(resource: Any) -> Object:
+    """A lightkube model or generic resource as a plain dict in API form."""
+    converted: Object = resource.to_dict()
+    return converted
+
+
+def manifest_hash(manifest: Object) -> str:
+    """A stable digest of what we apply; changes when we stop sending a field, too."""
+    encoded = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def with_hash(manifest: Object) -> Object:
+    """The manifest with its own hash recorded in an annotation (see `needs_apply`)."""
+    digest = manifest_hash(manifest)
+    metadata = dict(manifest["metadata"])
+    metadata["annotations"] = {**metadata.get("annotations", {}), HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": metadata}
+
+
+def _quantities_equal(desired: str, live: str) -> bool:
+    try:
+        parsed = parse_quantity(desired)
+        return parsed is not None and parsed == parse_quantity(live)
+    except (ValueError, InvalidOperation, TypeError):
+        return False
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Whether every field of `desired` has the same value in `live` (defaults may add more).
+
+    Lists must match item by item; strings that are equal Kubernetes quantities ("1000m", "1")
+    count as equal because the apiserver normalises them.
+    """
+    if isinstance(desired, dict):
+        return _dict_subset(desired, live)
+    if isinstance(desired, list):
+        return _list_subset(desired, live)
+    if desired == live:
+        return True
+    scalar = (str, int)
+    if isinstance(desired, scalar) and isinstance(live, scalar) and not isinstance(desired, bool):
+        return _quantities_equal(str(desired), str(live))
+    return False
+
+
+def _dict_subset(desired: dict[str, Any], live: Any) -> bool:
+    if not isinstance(live, dict):
+        return not desired and live is None
+    return all(is_subset(value, live.get(key)) for key, value in desired.items())
+
+
+def _list_subset(desired: list[Any], live: Any) -> bool:
+    if live is None:
+        return not desired
+    if not isinstance(live, list) or len(desired) != len(live):
+        return False
+    return all(is_subset(d, item) for d, item in zip(desired, live, strict=True))
+
+
+def needs_apply(desired: Object, live: Object | None) -> bool:
+    """Whether applying `desired` (with its hash annotation) would change `live`.
+
+    The subset check catches hand edits of fields we manage; the hash annotation catches fields we
+    stopped sending (which server-side apply removes but a subset check cannot see).
+    """
+    return live is None or not is_subset(desired, live)
+
+
+class Kube:
+    """Typed-enough access to the objects the operator reads and writes."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        conflict_retries: int = 3,
+        conflict_delay_seconds: float = 0.2,
+    ) -> None:
+        self.client = client
+        self._conflict_retries = conflict_retries
+        self._conflict_delay = conflict_delay_seconds
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run `call`, retrying 409 Conflict a few times with a short pause."""
+        for attempt in range(self._conflict_retries + 1):
+            try:
+                return await call()
+            except ApiError as error:
+                if error.status.code != CONFLICT or attempt == self._conflict_retries:
+                    raise
+                await asyncio.sleep(self._conflict_delay * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, api_version: str, kind: str, name: str, namespace: str) -> Object | None:
+        """The live object, or None when it does not exist."""
+        resource = CHILD_KINDS[(api_version, kind)]
+        try:
+            return to_object(await self.client.get(resource, name, namespace=namespace))
+        except ApiError as error:
+            if error.status.code == NOT_FOUND:
+                return None
+            raise
+
+    async def apply(self, manifest: Object) -> Object:
+        """Server-side apply of one child as the operator's field manager."""
+        resource = CHILD_KINDS[(manifest["apiVersion"], manifest["kind"])]
+        metadata = manifest["metadata"]
+
+        async def call() -> Object:
+            applied = await self.client.patch(
+                resource,
+                metadata["name"],
+                manifest,
+                namespace=metadata["namespace"],
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+            return to_object(applied)
+
+        return await self._retrying(call)
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        """Delete a child; already gone is fine."""
+        resource = CHILD_KINDS[(api_version, kind)]
+        try:
+            await self._retrying(lambda: self.client.delete(resource, name, namespace=namespace))
+        except ApiError as error:
+            if error.status.code != NOT_FOUND:
+                raise
+
+    async def list_children(
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[Object]:
+        """Children of one kind in a namespace, selected by labels."""
+        resource = CHILD_KINDS[(api_version, kind)]
+        return [
+            to_object(item)
+            async for item in self.client.list(resource, namespace=namespace, labels=dict(labels))
+        ]
+
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[Object]:
+        """Pods selected by labels."""
+        return [
+            to_object(item)
+            async for item in self.client.list(Pod, namespace=namespace, labels=dict(labels))
+        ]
+
+    async def crd_installed(self, name: str) -> bool:
+        """Whether a CustomResourceDefinition exists (e.g. the Prometheus Operator's)."""
+        try:
+            await self.client.get(CustomResourceDefinition, name)
+        except ApiError as error:
+            if error.status.code == NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def get_model_deployment(self, namespace: str, name: str) -> Object | None:
+        """A ModelDeployment, or None when it is gone."""
+        try:
+            return to_object(
+                await self.client.get(ModelDeploymentResource, name, namespace=namespace)
+            )
+        except ApiError as error:
+            if error.status.code == NOT_FOUND:
+                return None
+            raise
+
+    async def list_model_deployments(self, namespace: str | None) -> list[Object]:
+        """ModelDeployments in one namespace, or in all of them when namespace is None."""
+        scope = "*" if namespace is None else namespace
+        return [
+            to_object(item)
+            async for item in self.client.list(ModelDeploymentResource, namespace=scope)
+        ]
+
+    async def apply_status(self, name: str, namespace: str, status: Object) -> None:
+        """Server-side apply of the status subresource: fields we stop sending disappear."""
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        await self._retrying(
+            lambda: self.client.patch(
+                ModelDeploymentResource.Status,
+                name,
+                body,
+                namespace=namespace,
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        )

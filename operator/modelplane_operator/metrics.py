@@ -1,0 +1,64 @@
+"""The operator's own Prometheus metrics, defined once here.
+
+`modelplane_operator_reconciles_total{result}`, `modelplane_operator_reconcile_errors_total`,
+`modelplane_operator_reconcile_duration_seconds` and `modelplane_operator_model_deployments{ready}`
+(managed ModelDeployments by their Ready condition). `serve()` exposes them on the port the
+settings name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter(
+    "modelplane_operator_reconciles",
+    "Reconciles of ModelDeployments by result (success, invalid, error).",
+    ["result"],
+)
+ERRORS = Counter(
+    "modelplane_operator_reconcile_errors",
+    "Reconciles that ended in an error (API failure or invalid spec).",
+)
+DURATION = Histogram(
+    "modelplane_operator_reconcile_duration_seconds",
+    "Wall time of one reconcile.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MANAGED = Gauge(
+    "modelplane_operator_model_deployments",
+    "ModelDeployments this operator manages, by the status of their Ready condition.",
+    ["ready"],
+)
+READY_STATES = ("True", "False", "Unknown")
+
+_ready_by_key: dict[tuple[str, str], str] = {}
+
+
+def _publish() -> None:
+    for state in READY_STATES:
+        MANAGED.labels(ready=state).set(
+            sum(1 for value in _ready_by_key.values() if value == state)
+        )
+
+
+def record_reconcile(key: tuple[str, str], result: str, seconds: float, ready: str | None) -> None:
+    """Count one reconcile; `ready` None keeps the last known Ready state."""
+    RECONCILES.labels(result=result).inc()
+    DURATION.observe(seconds)
+    if result != "success":
+        ERRORS.inc()
+    if ready is not None:
+        _ready_by_key[key] = ready if ready in READY_STATES else "Unknown"
+    _publish()
+
+
+def forget(key: tuple[str, str]) -> None:
+    """A ModelDeployment was deleted: stop counting it."""
+    _ready_by_key.pop(key, None)
+    _publish()
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` (0 disables)."""
+    if port:
+        start_http_server(port)

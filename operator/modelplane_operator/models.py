@@ -1,0 +1,660 @@
+"""The ModelDeployment API: pydantic models that are the single source of truth for the CRD.
+
+`crd.py` turns these models into the CustomResourceDefinition (structural OpenAPI schema, CEL rules,
+printer columns); the reconciler parses every custom resource with them. Field descriptions are the
+API reference (`kubectl explain modeldeployment.spec.<field>`), so they are written for users.
+
+Cross-field rules live twice on purpose: as CEL (`x-kubernetes-validations`, enforced by the
+apiserver, with messages naming the field) and as pydantic validators (so `modelplane-operator
+render` and the reconciler refuse the same objects the apiserver refuses). Tests feed both the same
+invalid objects. Defaults are never written back into the user's spec by the operator: what the
+apiserver does not default is resolved into `status.resolved`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelplane.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("md",)
+CATEGORIES = ("modelplane",)
+
+# One regular expression per model-URI scheme; the CEL rule and the pydantic validator share it.
+MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|file:///[^\s]*|/[^\s]*)$"
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"  # noqa: E501
+DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 63
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules for `json_schema_extra`: (rule, message) pairs."""
+    return {
+        "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]
+    }
+
+
+# Optional sections default to {} in the CRD so the apiserver fills in their nested defaults.
+_EMPTY_OBJECT_DEFAULT: dict[str, Any] = {"default": {}}
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields refused, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+Quantity = int | str
+"""A Kubernetes resource quantity ("8Gi", "500m", 4). Rendered into the schema as int-or-string."""
+
+
+def _quantity_field(description: str, default: str | None = None) -> Any:
+    extra: dict[str, JsonValue] = {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
+    if default is None:
+        return Field(default=None, description=description, json_schema_extra=extra)
+    return Field(default=default, description=description, json_schema_extra=extra)
+
+
+class ModelSource(ApiModel):
+    """Where the weights come from and how the server should load them."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.uri.matches('" + MODEL_URI_PATTERN.replace("\\", "\\\\") + "')",
+                "spec.model.uri must be hf://<org>/<repo>, pvc://<claim>[/<path>], "
+                "file:///<path> or an absolute path inside the image",
+            ),
+            (
+                "!has(self.ggufFile) || self.format != 'HuggingFace'",
+                "spec.model.ggufFile needs spec.model.format GGUF or Auto",
+            ),
+        )
+    )
+
+    uri: str = Field(
+        max_length=2048,
+        description=(
+            "Where the model lives. `hf://<org>/<repo>`: downloaded from the Hugging Face Hub by "
+            "an init container into a pod-local volume (needs egress to the Hub at pod start; set "
+            "hfTokenSecret for gated repos). `pvc://<claim>[/<path>]`: a PersistentVolumeClaim in "
+            "the same namespace, mounted read-only. `file:///<path>` or `/<path>`: a path baked "
+            "into the image; `/` alone selects the server's embedded default model."
+        ),
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=256,
+        description=(
+            "Hub revision (branch, tag or commit) for hf:// models. Pin a commit in production."
+        ),
+    )
+    format: Literal["Auto", "HuggingFace", "GGUF"] = Field(
+        default="Auto",
+        description=(
+            "Weight format. Auto: GGUF when the URI or ggufFile ends in .gguf, else HuggingFace."
+        ),
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^[^/\s]+\.gguf$",
+        description="GGUF file name inside the model directory (passed as --gguf-file).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weight and activation dtype (passed as --dtype)."
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=256,
+        description=(
+            "The model id clients send in requests. Defaults to the ModelDeployment's name."
+        ),
+    )
+    size_gi_b: float | None = Field(
+        default=None,
+        alias="sizeGiB",
+        gt=0,
+        le=4096,
+        description=(
+            "Approximate size of the weights in GiB. Sizes the startup probe budget; when unset "
+            "the "
+            "operator assumes 16 GiB (1 GiB for the embedded model) and says so in status.resolved."
+        ),
+    )
+    hf_token_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of a Secret in the same namespace whose key `token` is used as HF_TOKEN.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSource:
+        if not re.match(MODEL_URI_PATTERN, self.uri):
+            raise ValueError(
+                "spec.model.uri must be hf://<org>/<repo>, pvc://<claim>[/<path>], "
+                "file:///<path> or an absolute path inside the image"
+            )
+        if self.gguf_file is not None and self.format == "HuggingFace":
+            raise ValueError("spec.model.ggufFile needs spec.model.format GGUF or Auto")
+        return self
+
+
+class EnvVarSource(ApiModel):
+    """A reference to a Secret or ConfigMap key."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                "spec.server.env[].valueFrom needs exactly one of secretKeyRef, configMapKeyRef",
+            )
+        )
+    )
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+
+
+class KeyRef(ApiModel):
+    """A key in a Secret or ConfigMap of the same namespace."""
+
+    name: str = Field(max_length=253, description="Name of the Secret or ConfigMap.")
+    key: str = Field(max_length=253, description="Key inside it.")
+    optional: bool | None = Field(default=None, description="Start the pod even if it is missing.")
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the server container."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.value) != has(self.valueFrom)",
+                "spec.server.env[] needs exactly one of value, valueFrom",
+            )
+        )
+    )
+
+    name: str = Field(max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Name.")
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Value from a Secret or ConfigMap."
+    )
+
+
+class ServerConfig(ApiModel):
+    """The inference server's batching and lifecycle knobs (see docs/server-contract.md)."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Most sequences in one generation step."
+    )
+    max_batch_tokens: int = Field(
+        default=4096, ge=1, le=1_048_576, description="Token budget of one step (prefill + decode)."
+    )
+    max_wait_ms: int = Field(
+        default=5,
+        ge=0,
+        le=10_000,
+        description="Longest an embedding request waits for a batch to fill.",
+    )
+    max_queue: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Most waiting requests; beyond it the server answers 429.",
+    )
+    drain_timeout_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description=(
+            "How long the server finishes in-flight work after SIGTERM. The pod's termination "
+            "grace period is this plus 15 s."
+        ),
+    )
+    startup_timeout_seconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=86_400,
+        description=(
+            "Overrides the startup probe budget the operator derives from the model size and GPU "
+            "count."
+        ),
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Extra server flags, appended after the ones the operator renders (so they win)."
+        ),
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Extra environment variables."
+    )
+
+
+class Accelerator(ApiModel):
+    """GPUs and host resources per replica."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.type) || self.count > 0",
+                "spec.accelerator.type needs spec.accelerator.count > 0",
+            ),
+        )
+    )
+
+    type: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description=(
+            "GPU product as the NVIDIA GPU feature discovery labels it (node label "
+            "nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3). Unset: any GPU node."
+        ),
+    )
+    count: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="GPUs per replica (nvidia.com/gpu requests and limits). 0 runs on CPU.",
+    )
+    cpu: Quantity = _quantity_field("CPU request per replica.", default="2")
+    memory: Quantity = _quantity_field(
+        "Memory request and limit per replica (host RAM, not GPU memory).", default="16Gi"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Accelerator:
+        if self.type is not None and self.count == 0:
+            raise ValueError("spec.accelerator.type needs spec.accelerator.count > 0")
+        return self
+
+
+class Autoscaling(ApiModel):
+    """A HorizontalPodAutoscaler (autoscaling/v2) owns the replica count."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.minReplicas <= self.maxReplicas",
+                "spec.autoscaling.minReplicas must be less than or equal to "
+                "spec.autoscaling.maxReplicas",
+            ),
+            (
+                "has(self.targetQueueDepth) || has(self.targetCPUUtilizationPercent)",
+                "spec.autoscaling needs a target: targetQueueDepth or targetCPUUtilizationPercent",
+            ),
+        )
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    target_queue_depth: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description=(
+            "Average waiting requests per replica (the server's modelplane_queue_depth gauge, "
+            "served "
+            "to the HPA as a Pods metric by a custom-metrics adapter such as prometheus-adapter)."
+        ),
+    )
+    target_cpu_utilization_percent: int | None = Field(
+        default=None,
+        alias="targetCPUUtilizationPercent",
+        ge=1,
+        le=100,
+        description="Average CPU utilization (percent of the request) per replica.",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="How long load must stay low before scaling down."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                "spec.autoscaling.minReplicas must be less than or equal to "
+                "spec.autoscaling.maxReplicas"
+            )
+        if self.target_queue_depth is None and self.target_cpu_utilization_percent is None:
+            raise ValueError(
+                "spec.autoscaling needs a target: targetQueueDepth or targetCPUUtilizationPercent"
+            )
+        return self
+
+
+class Rollout(ApiModel):
+    """How new pods replace old ones."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.maxSurge > 0 || self.maxUnavailable > 0",
+                "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0",
+            )
+        )
+    )
+
+    max_surge: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description=(
+            "Extra pods during a rollout. Set 0 when the cluster has no spare GPU for a surge pod."
+        ),
+    )
+    max_unavailable: int = Field(
+        default=0, ge=0, le=100, description="Pods that may be missing during a rollout."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Rollout:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(
+                "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0"
+            )
+        return self
+
+
+class ServiceConfig(ApiModel):
+    """The Service in front of the replicas."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="Service type."
+    )
+    port: int = Field(
+        default=80, ge=1, le=65535, description="Service port (targets the server's http port)."
+    )
+
+
+class Monitoring(ApiModel):
+    """Prometheus scraping of the server's /metrics."""
+
+    service_monitor: bool = Field(
+        default=False,
+        description=(
+            "Create a ServiceMonitor (monitoring.coreos.com/v1). Skipped, with condition "
+            "MonitoringReady=False reason CRDNotInstalled, when the Prometheus Operator is absent."
+        ),
+    )
+    interval: str = Field(
+        default="30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval."
+    )
+
+
+class NetworkPolicyConfig(ApiModel):
+    """An opt-in NetworkPolicy that admits traffic to the server port only from chosen peers."""
+
+    enabled: bool = Field(default=False, description="Create the NetworkPolicy.")
+    allowed_namespaces: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Namespaces (by name) whose pods may reach the server, besides this namespace "
+            "(e.g. your gateway's and Prometheus' namespaces). Egress is not restricted."
+        ),
+    )
+
+
+class DisruptionBudget(ApiModel):
+    """The PodDisruptionBudget, created when more than one replica can exist."""
+
+    enabled: bool = Field(default=True, description="Create the PodDisruptionBudget.")
+    max_unavailable: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Replicas a voluntary disruption (drain) may take at once.",
+    )
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(
+        default=None, max_length=316, description="Taint key; empty matches all keys."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal."
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
+
+
+class PodTemplate(ApiModel):
+    """The escape hatch: pod-level settings merged into what the operator renders."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod labels (the operator's own labels win)."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra node selector terms, merged with the GPU product selector.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra tolerations, added to the nvidia.com/gpu NoSchedule toleration.",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "A core/v1 Affinity that replaces the operator's default (preferred anti-affinity that "
+            "spreads replicas across nodes)."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the pods."
+    )
+    service_account_name: str | None = Field(
+        default=None, max_length=253, description="ServiceAccount the pods run as."
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state: which model to serve, on what hardware, at what scale."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!(has(self.replicas) && has(self.autoscaling))",
+                "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the "
+                "replica "
+                "count (use kubectl scale only without autoscaling)",
+            ),
+        )
+    )
+
+    model: ModelSource = Field(description="The model to serve.")
+    image: str = Field(
+        default="ghcr.io/modelplane/modelplane-server:0.1.0",
+        min_length=1,
+        max_length=1024,
+        description="The server image (must implement docs/server-contract.md).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy."
+    )
+    server: ServerConfig = Field(
+        default_factory=ServerConfig,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="Server batching and lifecycle knobs.",
+    )
+    accelerator: Accelerator = Field(
+        default_factory=Accelerator,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="GPU type and count, CPU and memory per replica.",
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description=(
+            "Fixed replica count (the scale subresource's target). Unset without autoscaling means"
+            " 1. Mutually exclusive with autoscaling."
+        ),
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Let a HorizontalPodAutoscaler own the replica count."
+    )
+    suspend: bool = Field(
+        default=False,
+        description=(
+            "Scale to zero and remove the autoscaler and disruption budget; keeps the Service."
+        ),
+    )
+    rollout: Rollout = Field(
+        default_factory=Rollout,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="Rolling update strategy.",
+    )
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="The Service.",
+    )
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="Prometheus scraping.",
+    )
+    network_policy: NetworkPolicyConfig = Field(
+        default_factory=NetworkPolicyConfig,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="Opt-in ingress NetworkPolicy.",
+    )
+    pod_disruption_budget: DisruptionBudget = Field(
+        default_factory=DisruptionBudget,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="The PodDisruptionBudget.",
+    )
+    pod_template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        description="Pod-level overrides (the escape hatch).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelDeploymentSpec:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError(
+                "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the "
+                "replica count (use kubectl scale only without autoscaling)"
+            )
+        return self
+
+
+class Condition(ApiModel):
+    """A metav1.Condition. Every condition type's healthy value is True."""
+
+    type: str = Field(description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason, machine-readable.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+class ResolvedGPU(ApiModel):
+    """The GPU request actually applied."""
+
+    type: str | None = Field(
+        default=None, description="nvidia.com/gpu.product node selector, if any."
+    )
+    count: int = Field(description="nvidia.com/gpu per replica.")
+
+
+class ResolvedConfig(ApiModel):
+    """The configuration the operator actually applied, with every default resolved."""
+
+    image: str = Field(description="Server image.")
+    gpu: ResolvedGPU = Field(description="GPU request per replica.")
+    model_path: str = Field(description="The --model value the server receives.")
+    model_size_gi_b: float = Field(
+        alias="modelSizeGiB", description="Model size used for the budget."
+    )
+    model_size_source: Literal["declared", "estimated"] = Field(
+        description="Whether modelSizeGiB came from spec.model.sizeGiB or an estimate."
+    )
+    startup_probe_budget_seconds: int = Field(
+        description="failureThreshold x periodSeconds of the startup probe."
+    )
+    termination_grace_period_seconds: int = Field(description="Pod termination grace period.")
+    desired_replicas: int | None = Field(
+        default=None,
+        description="Replica count the operator sets (unset when an autoscaler owns it).",
+    )
+    autoscaler: str | None = Field(default=None, description="The HPA's range, e.g. 1-4.")
+    children: list[str] = Field(default_factory=list, description="Child objects as Kind/name.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state, written by the operator through the status subresource."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description=(
+            "Ready, Progressing, PodsHealthy, AutoscalerReady, MonitoringReady. Healthy is True "
+            "for all."
+        ),
+    )
+    replicas: int | None = Field(
+        default=None, description="Pods of the Deployment (scale subresource)."
+    )
+    ready_replicas: int | None = Field(default=None, description="Ready pods.")
+    updated_replicas: int | None = Field(default=None, description="Pods of the current revision.")
+    desired_replicas: int | None = Field(default=None, description="Replicas wanted right now.")
+    gpu: str | None = Field(default=None, description="GPUs per replica and type, for kubectl get.")
+    ready: str | None = Field(default=None, description="ready/desired, for kubectl get.")
+    selector: str | None = Field(
+        default=None, description="Pod label selector (scale subresource)."
+    )
+    url: str | None = Field(
+        default=None, description="In-cluster URL of the OpenAI-compatible API."
+    )
+    resolved: ResolvedConfig | None = Field(
+        default=None, description="Configuration actually applied."
+    )
+
+
+class ModelDeployment(ApiModel):
+    """A model served by a fleet of batching inference servers on GPUs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
+
+
+EnvVarSource.model_rebuild()
+EnvVar.model_rebuild()
+ServerConfig.model_rebuild()

@@ -1,0 +1,85 @@
+"""The operator's model of the inference server (docs/server-contract.md), written down once.
+
+The operator never imports the server; this module is its side of the contract: port, health paths,
+flag names and the lifecycle arithmetic (grace period, preStop). The server's settings implement the
+other side, and tests on both sides check the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PORT = 8000
+PORT_NAME = "http"
+LIVENESS_PATH = "/health/live"
+READINESS_PATH = "/health/ready"
+STARTUP_PATH = "/health/startup"
+METRICS_PATH = "/metrics"
+OPENAI_BASE_PATH = "/v1"
+METRIC_PREFIX = "modelplane_"
+# The gauge the HPA's Pods metric reads (through a custom-metrics adapter) for targetQueueDepth.
+QUEUE_DEPTH_METRIC = "modelplane_queue_depth"
+ENV_PREFIX = "MODELPLANE_"
+
+# Endpoints must be removed from the Service before the server stops admitting work.
+PRE_STOP_SLEEP_SECONDS = 5
+# Grace beyond the drain timeout: preStop sleep plus time to flush and exit.
+TERMINATION_GRACE_MARGIN_SECONDS = 15
+
+# Flag names, exactly as the server parses them.
+FLAG_PORT = "--port"
+FLAG_MODEL = "--model"
+FLAG_GGUF_FILE = "--gguf-file"
+FLAG_SERVED_MODEL_NAME = "--served-model-name"
+FLAG_DTYPE = "--dtype"
+FLAG_DEVICE = "--device"
+FLAG_MAX_BATCH_SIZE = "--max-batch-size"
+FLAG_MAX_BATCH_TOKENS = "--max-batch-tokens"
+FLAG_MAX_WAIT_MS = "--max-wait-ms"
+FLAG_MAX_QUEUE = "--max-queue"
+FLAG_DRAIN_TIMEOUT_S = "--drain-timeout-s"
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    """The server knobs the operator renders, already resolved from the spec."""
+
+    model: str
+    served_model_name: str
+    gguf_file: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    max_batch_size: int = 32
+    max_batch_tokens: int = 4096
+    max_wait_ms: int = 5
+    max_queue: int = 256
+    drain_timeout_seconds: int = 30
+    extra_args: tuple[str, ...] = ()
+
+
+def container_args(args: ServerArgs) -> list[str]:
+    """The container `args` for the server, in a stable order; extra args last so they win."""
+    rendered = [
+        f"{FLAG_PORT}={PORT}",
+        f"{FLAG_MODEL}={args.model}",
+        f"{FLAG_SERVED_MODEL_NAME}={args.served_model_name}",
+    ]
+    if args.gguf_file:
+        rendered.append(f"{FLAG_GGUF_FILE}={args.gguf_file}")
+    rendered += [
+        f"{FLAG_DTYPE}={args.dtype}",
+        f"{FLAG_DEVICE}={args.device}",
+        f"{FLAG_MAX_BATCH_SIZE}={args.max_batch_size}",
+        f"{FLAG_MAX_BATCH_TOKENS}={args.max_batch_tokens}",
+        f"{FLAG_MAX_WAIT_MS}={args.max_wait_ms}",
+        f"{FLAG_MAX_QUEUE}={args.max_queue}",
+        f"{FLAG_DRAIN_TIMEOUT_S}={args.drain_timeout_seconds}",
+    ]
+    return rendered + list(args.extra_args)
+
+
+def termination_grace_seconds(drain_timeout_seconds: int) -> int:
+    """Longer than preStop + drain, so the kubelet never kills a draining server."""
+    return drain_timeout_seconds + TERMINATION_GRACE_MARGIN_SECONDS

@@ -1,0 +1,52 @@
+"""The operator's configuration (environment variables `MODELPLANE_OPERATOR_*`) and kopf's settings.
+
+kopf keeps its own bookkeeping (handler progress, the last-handled spec) in annotations under our
+API group, never in `status`, which belongs to the ModelDeployment API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelplane_operator.models import GROUP
+
+
+class OperatorSettings(BaseSettings):
+    """Knobs for one operator process."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_OPERATOR_", frozen=True)
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty means the whole cluster."
+    )
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="How often every ModelDeployment is re-reconciled (drift)."
+    )
+    retry_delay_seconds: float = Field(
+        default=5.0, gt=0, description="Delay before retrying after an API error."
+    )
+    conflict_retries: int = Field(default=3, ge=0, description="Quick retries of a 409 Conflict.")
+    metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics port; 0 = off.")
+    health_port: int = Field(default=8081, ge=0, le=65535, description="/healthz port; 0 = off.")
+    watch_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="Pause before kopf re-opens a failed watch."
+    )
+
+
+def kopf_settings(ours: OperatorSettings) -> Any:
+    """kopf's OperatorSettings for this operator."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Only problems become Kubernetes Events; successes are logs, not API writes.
+    settings.posting.level = logging.WARNING
+    settings.networking.error_backoffs = [ours.watch_backoff_seconds] * 3
+    settings.watching.reconnect_backoff = ours.watch_backoff_seconds
+    return settings
