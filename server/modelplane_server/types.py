@@ -107,6 +107,10 @@ class PromptTooLongError(EngineError):
         self.limit = limit
 
 
+class InvalidRequestError(EngineError):
+    """The request cannot be run as given (an empty prompt, out-of-range sampling values): HTTP 400."""
+
+
 class NotAcceptingError(EngineError):
     """The engine is draining or not started: HTTP 503."""
 
