@@ -1,0 +1,28 @@
+"""Builds the real engines from the settings; the only route from the HTTP side to torch.
+
+It imports `modelplane_server.loading` (torch, transformers) inside the function, so importing the
+app, the CLI or the settings stays light. It runs on the app's loading thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from modelplane_server.settings import ServerSettings
+from modelplane_server.types import EmbeddingEngine, EngineObserver, GenerationEngine
+
+
+def load_engines(
+    settings: ServerSettings, observer: EngineObserver, progress: Callable[[str], None]
+) -> tuple[GenerationEngine, EmbeddingEngine | None]:
+    """Load and warm up the generation engine, then the embedding engine unless disabled."""
+    from modelplane_server.loading import load_embedding_engine, load_generation_engine
+
+    generation = load_generation_engine(
+        settings.generation_config(), observer=observer, progress=progress
+    )
+    embedding_config = settings.embedding_config()
+    if embedding_config is None:
+        return generation, None
+    embedding = load_embedding_engine(embedding_config, observer=observer, progress=progress)
+    return generation, embedding

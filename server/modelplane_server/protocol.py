@@ -1,0 +1,412 @@
+"""OpenAI-compatible wire models: requests, responses, streaming chunks and the error shape.
+
+Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
+`store`), but reject with a 400 naming the parameter every field they know and cannot honour (`n>1`,
+`logprobs`, `echo`, `best_of`, tools). The request models own their conversion to engine values
+(`sampling_params`, `template_messages`), so the serving code never re-reads raw request fields.
+Our own endpoint (`/v1/similarity`) forbids unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+
+from modelplane_server.errors import invalid
+from modelplane_server.types import SamplingParams
+
+MAX_STOP_SEQUENCES = 16
+MAX_EMBEDDING_INPUTS = 2048
+MAX_SIMILARITY_TEXTS = 256
+INT32_MAX = 2**31 - 1
+INT64_MIN = -(2**63)
+UINT64_MAX = 2**64 - 1
+
+Number = Annotated[float, Field(strict=True)]  # strict still takes a JSON int for a float
+TokenIds = list[StrictInt]
+
+
+# --- shared request parts -----------------------------------------------------------------------
+
+
+class OpenAIRequest(BaseModel):
+    """Base of the OpenAI requests: unknown fields pass (and are ignored), known ones are typed
+    strictly, so `"max_tokens": "5"` is a 400 as with OpenAI, not a silent coercion."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool = False
+
+
+def _unsupported(what: str) -> ValueError:
+    return ValueError(f"{what} is not supported by this server")
+
+
+class SamplingFields(OpenAIRequest):
+    """The decoding fields completions and chat share."""
+
+    model: StrictStr | None = Field(None, description="the served model id; default: the one model")
+    temperature: Number | None = Field(1.0, ge=0.0, le=2.0, description="0 means greedy")
+    top_p: Number | None = Field(1.0, gt=0.0, le=1.0)
+    top_k: StrictInt | None = Field(None, ge=-1, le=INT32_MAX, description="0 or -1 disables it")
+    seed: StrictInt | None = Field(None, ge=INT64_MIN, le=UINT64_MAX)
+    stop: StrictStr | list[StrictStr] | None = Field(
+        None, description=f"up to {MAX_STOP_SEQUENCES} stop strings"
+    )
+    stop_token_ids: TokenIds | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    ignore_eos: StrictBool = False
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: StrictInt = Field(1, ge=1, le=128, description="only 1 is supported")
+    presence_penalty: Number | None = Field(None, ge=-2.0, le=2.0, description="only 0")
+    frequency_penalty: Number | None = Field(None, ge=-2.0, le=2.0, description="only 0")
+    logit_bias: dict[str, Number] | None = Field(None, description="not supported")
+    user: StrictStr | None = None
+    priority: StrictInt = Field(
+        0, ge=-INT32_MAX, le=INT32_MAX, description="lower runs first (like vLLM); default 0"
+    )
+
+    # Each check is a field validator so that the 400's `param` names the field.
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise _unsupported("n > 1")
+        return n
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, penalty: float | None) -> float | None:
+        if penalty:
+            raise _unsupported("a non-zero penalty")
+        return penalty
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias:
+            raise _unsupported("logit_bias")
+        return bias
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop strings are allowed")
+        if any(not item for item in stops):
+            raise ValueError("stop strings must not be empty")
+        return stop
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def sampling_params(self, max_tokens: int) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(self.top_k or 0, 0),
+            seed=self.seed,
+            stop=self.stop_strings(),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos,
+        )
+
+
+# --- completions --------------------------------------------------------------------------------
+
+
+class CompletionRequest(SamplingFields):
+    """`POST /v1/completions`. One text prompt per request (a list of one string is accepted)."""
+
+    prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] = Field(
+        description="the prompt text; token-id prompts are rejected"
+    )
+    max_tokens: StrictInt | None = Field(16, ge=1, le=INT32_MAX)
+    echo: StrictBool = Field(False, description="not supported")
+    best_of: StrictInt | None = Field(None, ge=1, le=128, description="only 1")
+    logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
+    suffix: StrictStr | None = Field(None, description="not supported")
+
+    @field_validator("echo", "suffix", "logprobs")
+    @classmethod
+    def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise _unsupported(str(info.field_name))
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_one(cls, best_of: int | None) -> int | None:
+        if best_of not in (None, 1):
+            raise _unsupported("best_of > 1")
+        return best_of
+
+    def prompt_text(self) -> str:
+        """The one prompt, or an `ApiError` naming `prompt` for what we do not serve."""
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        texts = [item for item in prompts if isinstance(item, str)]
+        if not prompts:
+            raise invalid("prompt", "prompt must not be empty")
+        if len(texts) != len(prompts):
+            raise invalid("prompt", "token-id prompts are not supported; send the prompt as text")
+        if len(texts) != 1:
+            raise invalid("prompt", "only one prompt per request is supported")
+        prompt = texts[0]
+        if not prompt:
+            raise invalid("prompt", "prompt must not be empty")
+        return prompt
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+
+class TextContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"] = Field(description="only text parts are supported")
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="tool messages are not supported"
+    )
+    content: StrictStr | list[TextContentPart]
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """`POST /v1/chat/completions`; the engine's chat template turns `messages` into a prompt."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=INT32_MAX, description="default: what the context has room for"
+    )
+    max_completion_tokens: StrictInt | None = Field(
+        None, ge=1, le=INT32_MAX, description="OpenAI's newer name for max_tokens; wins if both"
+    )
+    logprobs: StrictBool | None = Field(None, description="not supported")
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
+    tools: list[dict[str, Any]] | None = Field(None, description="not supported")
+    tool_choice: Any = Field(None, description="only 'none'")
+    functions: list[dict[str, Any]] | None = Field(None, description="not supported")
+    function_call: Any = Field(None, description="not supported")
+    response_format: dict[str, Any] | None = Field(None, description="only {'type': 'text'}")
+
+    @field_validator("logprobs", "top_logprobs", "tools", "functions")
+    @classmethod
+    def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise _unsupported(str(info.field_name))
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (None, "none"):
+            raise _unsupported(f"{info.field_name} other than 'none'")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value not in (None, {"type": "text"}):
+            raise _unsupported("a response_format other than text")
+        return value
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+    def template_messages(self) -> list[dict[str, str]]:
+        # `developer` is OpenAI's new name for `system`; chat templates only know the old one.
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+
+
+# --- embeddings and similarity ------------------------------------------------------------------
+
+
+class EmbeddingRequest(OpenAIRequest):
+    """`POST /v1/embeddings`: a string or a list of strings; token-id inputs are rejected."""
+
+    model: StrictStr | None = None
+    input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(
+        None, ge=1, le=INT32_MAX, description="only the model's own dimension"
+    )
+    user: StrictStr | None = None
+
+    def texts(self) -> list[str]:
+        """The inputs as texts, or an `ApiError` naming `input`."""
+        inputs = [self.input] if isinstance(self.input, str) else self.input
+        if not inputs:
+            raise invalid("input", "input must not be empty")
+        if not all(isinstance(item, str) for item in inputs):
+            raise invalid("input", "token-id inputs are not supported; send the input as text")
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise invalid("input", f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        texts = [item for item in inputs if isinstance(item, str)]
+        for index, text in enumerate(texts):
+            if not text:
+                raise invalid(
+                    "input" if isinstance(self.input, str) else f"input[{index}]",
+                    "input must not be an empty string",
+                )
+        return texts
+
+
+class SimilarityRequest(BaseModel):
+    """`POST /v1/similarity` (ours): cosine similarity between texts.
+
+    Without `queries` the answer is the symmetric `len(texts) x len(texts)` matrix; with them it is
+    `len(queries) x len(texts)` (row i: query i against every text), the shape for ranking.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    texts: list[Annotated[StrictStr, Field(min_length=1)]] = Field(
+        min_length=1, max_length=MAX_SIMILARITY_TEXTS
+    )
+    queries: list[Annotated[StrictStr, Field(min_length=1)]] | None = Field(
+        None, min_length=1, max_length=MAX_SIMILARITY_TEXTS
+    )
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str when encoding_format is base64 (little-endian float32)
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class SimilarityResponse(BaseModel):
+    object: Literal["similarity"] = "similarity"
+    model: str
+    matrix: list[list[float]] = Field(description="matrix[i][j]: cosine(query or text i, text j)")
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "modelplane"
+    max_model_len: int | None = None
+    kind: Literal["generation", "embedding"]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
