@@ -1,0 +1,252 @@
+"""The failure taxonomy and status conditions, from hand-written live objects (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelplane_operator.conditions import merge_conditions
+from modelplane_operator.diagnose import (
+    CRASH_LOOP_BACK_OFF,
+    IMAGE_PULL_BACK_OFF,
+    INSUFFICIENT_GPU,
+    OOM_KILLED,
+    STARTUP_TIMEOUT,
+    UNSCHEDULABLE,
+    observe,
+    pods_failure,
+)
+
+
+def pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def waiting(reason: str, message: str = "", last: dict[str, Any] | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "server", "state": {"waiting": {"reason": reason}}}
+    if message:
+        container["state"]["waiting"]["message"] = message
+    if last is not None:
+        container["lastState"] = {"terminated": last}
+    return container
+
+
+UNSCHEDULABLE_GPU = pod(
+    "demo-abc",
+    phase="Pending",
+    conditions=[
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+        }
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    ("pods", "reason", "fragment"),
+    [
+        ([UNSCHEDULABLE_GPU], INSUFFICIENT_GPU, "pod demo-abc is Pending: 0/4 nodes"),
+        (
+            [
+                pod(
+                    "demo-x",
+                    conditions=[
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/4 nodes are available: 4 node(s) had untolerated taint",
+                        }
+                    ],
+                )
+            ],
+            UNSCHEDULABLE,
+            "untolerated taint",
+        ),
+        (
+            [pod("demo-y", containerStatuses=[waiting("ImagePullBackOff", "back-off pulling")])],
+            IMAGE_PULL_BACK_OFF,
+            "pod demo-y: container server cannot pull its image: back-off pulling",
+        ),
+        (
+            [pod("demo-z", containerStatuses=[waiting("ErrImagePull")])],
+            IMAGE_PULL_BACK_OFF,
+            "demo-z",
+        ),
+        (
+            [pod("demo-c", containerStatuses=[waiting("CrashLoopBackOff", last={"exitCode": 3})])],
+            CRASH_LOOP_BACK_OFF,
+            "last exit code 3",
+        ),
+        (
+            [
+                pod(
+                    "demo-o",
+                    containerStatuses=[
+                        waiting("CrashLoopBackOff", last={"exitCode": 137, "reason": "OOMKilled"})
+                    ],
+                )
+            ],
+            OOM_KILLED,
+            "pod demo-o: container server was OOMKilled (exit code 137)",
+        ),
+        (
+            [
+                pod(
+                    "demo-i",
+                    initContainerStatuses=[waiting("CrashLoopBackOff", last={"exitCode": 1})],
+                )
+            ],
+            CRASH_LOOP_BACK_OFF,
+            "demo-i",
+        ),
+    ],
+)
+def test_pod_failures(pods: list[dict[str, Any]], reason: str, fragment: str) -> None:
+    failure = pods_failure(pods)
+    assert failure is not None
+    assert failure.reason == reason
+    assert fragment in failure.message
+
+
+def test_healthy_and_terminating_pods_report_nothing() -> None:
+    terminating = dict(UNSCHEDULABLE_GPU)
+    terminating["metadata"] = {"name": "old", "deletionTimestamp": "2026-01-01T00:00:00Z"}
+    running = pod("ok", containerStatuses=[{"name": "server", "state": {"running": {}}}])
+    assert pods_failure([terminating, running]) is None
+
+
+def test_root_cause_wins_over_symptoms() -> None:
+    crash = pod("a", containerStatuses=[waiting("CrashLoopBackOff")])
+    assert pods_failure([UNSCHEDULABLE_GPU, crash]).reason == CRASH_LOOP_BACK_OFF  # type: ignore[union-attr]
+
+
+def deployment(
+    desired: int, ready: int, updated: int | None = None, **status: Any
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": desired},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": desired,
+            "readyReplicas": ready,
+            "updatedReplicas": desired if updated is None else updated,
+            **status,
+        },
+    }
+
+
+def conditions_of(**kwargs: Any) -> dict[str, tuple[str, str]]:
+    arguments: dict[str, Any] = {
+        "pods": [],
+        "suspended": False,
+        "autoscaling_wanted": False,
+        "hpa": None,
+        "monitoring_wanted": False,
+        "monitoring_skipped": False,
+        **kwargs,
+    }
+    observed = observe(**arguments)
+    return {c.type: (c.status, c.reason) for c in observed.conditions}
+
+
+def test_ready_when_all_replicas_ready() -> None:
+    conditions = conditions_of(deployment=deployment(2, 2))
+    assert conditions["Ready"] == ("True", "Serving")
+    assert conditions["Progressing"] == ("True", "RolloutComplete")
+    assert conditions["PodsHealthy"] == ("True", "PodsHealthy")
+    assert conditions["AutoscalerReady"] == ("True", "NotRequested")
+    assert conditions["MonitoringReady"] == ("True", "Disabled")
+
+
+def test_not_ready_names_the_failure() -> None:
+    conditions = conditions_of(deployment=deployment(1, 0), pods=[UNSCHEDULABLE_GPU])
+    assert conditions["Ready"] == ("False", INSUFFICIENT_GPU)
+    assert conditions["PodsHealthy"] == ("False", INSUFFICIENT_GPU)
+
+
+def test_progress_deadline_is_a_startup_timeout() -> None:
+    stalled = deployment(
+        1,
+        0,
+        conditions=[
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet demo-1 has timed out progressing.",
+            }
+        ],
+    )
+    conditions = conditions_of(deployment=stalled)
+    assert conditions["Ready"] == ("False", STARTUP_TIMEOUT)
+    assert conditions["Progressing"] == ("False", STARTUP_TIMEOUT)
+
+
+def test_suspended_is_ready_at_zero() -> None:
+    conditions = conditions_of(deployment=deployment(0, 0), suspended=True)
+    assert conditions["Ready"] == ("True", "Suspended")
+
+
+def test_rollout_in_progress_is_not_ready() -> None:
+    conditions = conditions_of(deployment=deployment(2, 2, updated=1))
+    assert conditions["Ready"] == ("False", "Starting")
+    assert conditions["Progressing"] == ("True", "RollingOut")
+
+
+def test_autoscaler_and_monitoring_conditions() -> None:
+    hpa = {
+        "status": {
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetPodsMetric",
+                    "message": "unable to get metric modelplane_queue_depth",
+                },
+            ]
+        }
+    }
+    conditions = conditions_of(
+        deployment=deployment(1, 1),
+        autoscaling_wanted=True,
+        hpa=hpa,
+        monitoring_wanted=True,
+        monitoring_skipped=True,
+    )
+    assert conditions["AutoscalerReady"] == ("False", "FailedGetPodsMetric")
+    assert conditions["MonitoringReady"] == ("False", "CRDNotInstalled")
+    assert conditions["Ready"] == ("True", "Serving")
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = observe(
+        deployment=deployment(1, 0),
+        pods=[],
+        suspended=False,
+        autoscaling_wanted=False,
+        hpa=None,
+        monitoring_wanted=False,
+        monitoring_skipped=False,
+    )
+    before = merge_conditions([], first.conditions, 1, "2026-01-01T00:00:00Z")
+    again = merge_conditions(before, first.conditions, 1, "2026-01-01T00:05:00Z")
+    assert again == before
+    ready = observe(
+        deployment=deployment(1, 1),
+        pods=[],
+        suspended=False,
+        autoscaling_wanted=False,
+        hpa=None,
+        monitoring_wanted=False,
+        monitoring_skipped=False,
+    )
+    after = {c["type"]: c for c in merge_conditions(before, ready.conditions, 1, "T2")}
+    assert after["Ready"]["lastTransitionTime"] == "T2"
+    assert after["PodsHealthy"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
