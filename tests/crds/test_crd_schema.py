@@ -1,4 +1,4 @@
-"""The generated CRD is structural, documented, current, and exposes the promised UX."""
+"""The generated CRD is structural, documented, current, and offers the promised UX."""
 
 from __future__ import annotations
 

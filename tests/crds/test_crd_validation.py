@@ -1,0 +1,91 @@
+"""The apiserver enforces the CRD: invalid ModelDeployments are refused with messages naming the
+field, unknown fields fail `kubectl apply` (strict field validation), and the samples are valid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testsupport import Cluster
+
+pytestmark = pytest.mark.k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
+CASES = yaml.safe_load((ROOT / "tests" / "operator" / "invalid_specs.yaml").read_text())
+INVALID = [(case["id"], case["patch"], case["field"]) for case in CASES["invalid"]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
+    )
+
+
+def manifest(spec: dict[str, Any], name: str = "probe") -> str:
+    body = {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return yaml.safe_dump(body)
+
+
+def server_dry_run(cluster: Cluster, namespace: str, text: str) -> tuple[int, str]:
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text, check=False
+    )
+    return result.returncode, result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("case", "patch", "field"), INVALID, ids=[case[0] for case in INVALID])
+def test_invalid_resources_are_refused_naming_the_field(
+    cluster: Cluster, namespace: str, case: str, patch: dict[str, Any], field: str
+) -> None:
+    code, output = server_dry_run(cluster, namespace, manifest({**CASES["valid"], **patch}))
+    assert code != 0, f"{case} was accepted"
+    assert field in output, output
+
+
+def test_unknown_fields_are_refused(cluster: Cluster, namespace: str) -> None:
+    body = yaml.safe_load(manifest(CASES["valid"]))
+    body["spec"]["gpus"] = 2
+    body["spec"]["accelerator"] = {"count": 1, "vram": "80Gi"}
+    code, output = server_dry_run(cluster, namespace, yaml.safe_dump(body))
+    assert code != 0
+    assert 'unknown field "spec.gpus"' in output
+    assert 'unknown field "spec.accelerator.vram"' in output
+
+
+def test_names_that_cannot_name_a_service_are_refused(cluster: Cluster, namespace: str) -> None:
+    code, output = server_dry_run(cluster, namespace, manifest(CASES["valid"], name="9-lives"))
+    assert code != 0
+    assert "metadata.name" in output
+
+
+@pytest.mark.parametrize("sample", ["minimal", "full"])
+def test_samples_are_valid_and_defaulted(cluster: Cluster, namespace: str, sample: str) -> None:
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-o", "json",
+        "-f", str(ROOT / "crds" / "samples" / f"{sample}.yaml"),
+    )  # fmt: skip
+    spec = json.loads(result.stdout)["spec"]
+    # Structural defaults fill in omitted sections; the operator never writes them itself.
+    assert spec["server"]["maxBatchSize"] >= 1
+    assert spec["rollout"] == spec["rollout"] | {"maxSurge": 1, "maxUnavailable": 0}
+    assert spec["service"]["port"] == 80
+
+
+def test_kubectl_explain_teaches_the_api(cluster: Cluster) -> None:
+    explained = cluster.kubectl("explain", "modeldeployment.spec.accelerator.type").stdout
+    assert "nvidia.com/gpu.product" in explained
+    explained = cluster.kubectl("explain", "md.spec.autoscaling").stdout
+    assert "HorizontalPodAutoscaler" in explained

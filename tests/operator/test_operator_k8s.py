@@ -1,0 +1,360 @@
+"""The operator against the real control plane: samples become Ready, failures are named, drift
+is reverted, steady state writes nothing, scale and suspend work, deletion cleans up.
+
+kwok marks scheduled pods Running and Ready at once (no containers run), so these tests exercise
+the operator, the scheduler's GPU placement and the controllers, not the inference server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+
+from modelplane_operator.kube import Kube
+from modelplane_operator.reconcile import reconcile
+
+from testsupport import Cluster, wait_for
+
+pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("running_operator")]
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "crds" / "samples"
+SERVICE_MONITOR_CRD_FILE = Path(__file__).parent / "servicemonitor-crd.yaml"
+H100 = "NVIDIA-H100-80GB-HBM3"
+WRITE_METHODS = frozenset({"create", "replace", "patch", "apply", "delete", "deletecollection"})
+TIMEOUT = 60
+
+
+class CountingClient:
+    """Wraps lightkube's AsyncClient and counts the write calls that go through it."""
+
+    def __init__(self, inner: AsyncClient) -> None:
+        self.inner = inner
+        self.writes: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name not in WRITE_METHODS:
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.writes[name] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def sample(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((SAMPLES / f"{name}.yaml").read_text())
+    return body
+
+
+def apply(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+
+
+def get(cluster: Cluster, namespace: str, *what: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def condition(cluster: Cluster, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    body = get(cluster, namespace, "modeldeployment", name) or {}
+    for item in (body.get("status") or {}).get("conditions") or []:
+        if item["type"] == kind:
+            return cast(dict[str, Any], item)
+    return {}
+
+
+def wait_condition(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    kind: str,
+    status: str,
+    *,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    def matches() -> dict[str, Any] | None:
+        found = condition(cluster, namespace, name, kind)
+        if found.get("status") == status and (reason is None or found.get("reason") == reason):
+            return found
+        return None
+
+    result: dict[str, Any] = wait_for(
+        matches, timeout=TIMEOUT, what=f"{kind}={status} {reason or ''} on {name}"
+    )
+    return result
+
+
+def pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    listed = get(cluster, namespace, "pods", "-l", f"app.kubernetes.io/instance={name}") or {}
+    return cast(list[dict[str, Any]], listed.get("items", []))
+
+
+def node_labels(cluster: Cluster, node: str) -> dict[str, str]:
+    body = json.loads(cluster.kubectl("get", "node", node, "-o", "json").stdout)
+    return cast(dict[str, str], body["metadata"]["labels"])
+
+
+def test_minimal_sample_becomes_ready_with_meaningful_columns(
+    cluster: Cluster, namespace: str
+) -> None:
+    apply(cluster, namespace, sample("minimal"))
+    wait_condition(cluster, namespace, "smollm2", "Ready", "True", reason="Serving")
+
+    deployment = get(cluster, namespace, "deployment", "smollm2")
+    service = get(cluster, namespace, "service", "smollm2")
+    assert deployment is not None
+    assert service is not None
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["controller"]) == ("ModelDeployment", True)
+    (pod,) = pods(cluster, namespace, "smollm2")
+    assert node_labels(cluster, pod["spec"]["nodeName"])["nvidia.com/gpu.present"] == "true"
+
+    table = cluster.kubectl("get", "md", "-n", namespace).stdout
+    header, row = table.strip().splitlines()
+    assert header.split() == ["NAME", "READY", "REASON", "REPLICAS", "MODEL", "GPU", "AGE"]
+    assert row.split()[:6] == [
+        "smollm2",
+        "True",
+        "Serving",
+        "1/1",
+        "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+        "1x",
+    ]
+    wide = cluster.kubectl("get", "modeldeployments", "-n", namespace, "-o", "wide").stdout
+    assert f"http://smollm2.{namespace}.svc/v1" in wide
+    status = (get(cluster, namespace, "md", "smollm2") or {})["status"]
+    assert status["resolved"]["startupProbeBudgetSeconds"] > 0
+    assert status["observedGeneration"] == 1
+    assert status["selector"] == (
+        "app.kubernetes.io/instance=smollm2,app.kubernetes.io/name=modelplane-server"
+    )
+
+
+def test_full_sample_places_pods_on_the_requested_gpu(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, sample("full"))
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    # The HPA, not the operator, brought the Deployment up to minReplicas.
+    wait_for(lambda: len(pods(cluster, namespace, "qwen-chat")) == 2, what="two pods")
+    for pod in pods(cluster, namespace, "qwen-chat"):
+        labels = node_labels(cluster, pod["spec"]["nodeName"])
+        assert labels["nvidia.com/gpu.product"] == H100
+    for kind in ("hpa", "pdb", "networkpolicy", "service", "deployment"):
+        assert get(cluster, namespace, kind, "qwen-chat") is not None, kind
+    deployment = get(cluster, namespace, "deployment", "qwen-chat") or {}
+    owners_of_replicas = [
+        entry["manager"]
+        for entry in deployment["metadata"]["managedFields"]
+        if "f:replicas" in json.dumps(entry.get("fieldsV1", {}).get("f:spec", {}))
+    ]
+    assert "modelplane-operator" not in owners_of_replicas
+    wait_condition(
+        cluster, namespace, "qwen-chat", "MonitoringReady", "False", reason="CRDNotInstalled"
+    )
+
+
+def test_service_monitor_once_the_prometheus_operator_crd_exists(
+    cluster: Cluster, namespace: str
+) -> None:
+    body = sample("minimal")
+    body["spec"]["monitoring"] = {"serviceMonitor": True}
+    apply(cluster, namespace, body)
+    wait_condition(
+        cluster, namespace, "smollm2", "MonitoringReady", "False", reason="CRDNotInstalled"
+    )
+    cluster.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD_FILE))
+    try:
+        wait_condition(
+            cluster, namespace, "smollm2", "MonitoringReady", "True", "ServiceMonitorApplied"
+        )
+        monitor = get(cluster, namespace, "servicemonitors.monitoring.coreos.com", "smollm2")
+        assert monitor is not None
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+        body["spec"]["monitoring"] = {"serviceMonitor": False}
+        apply(cluster, namespace, body)
+        wait_for(
+            lambda: (
+                get(cluster, namespace, "servicemonitors.monitoring.coreos.com", "smollm2") is None
+            ),
+            timeout=TIMEOUT,
+            what="ServiceMonitor deleted once monitoring is off",
+        )
+    finally:
+        cluster.kubectl("delete", "-f", str(SERVICE_MONITOR_CRD_FILE), "--wait=false", check=False)
+
+
+def test_more_gpus_than_any_node_has_is_insufficient_gpu(cluster: Cluster, namespace: str) -> None:
+    body = sample("minimal")
+    body["spec"]["accelerator"] = {"type": H100, "count": 16}
+    apply(cluster, namespace, body)
+    ready = wait_condition(
+        cluster, namespace, "smollm2", "Ready", "False", reason="InsufficientGPU"
+    )
+    (pod,) = pods(cluster, namespace, "smollm2")
+    assert pod["metadata"]["name"] in ready["message"]
+    assert "Insufficient nvidia.com/gpu" in ready["message"]
+    row = cluster.kubectl("get", "md", "smollm2", "-n", namespace, "--no-headers").stdout
+    assert row.split()[1:4] == ["False", "InsufficientGPU", "0/1"]
+
+
+def test_hand_edits_and_deletions_are_reverted(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, sample("minimal"))
+    wait_condition(cluster, namespace, "smollm2", "Ready", "True")
+    cluster.kubectl(
+        "patch", "deployment", "smollm2", "-n", namespace, "--type=json",
+        "-p", json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/args",
+                           "value": ["--max-batch-size=1"]}]),
+    )  # fmt: skip
+    wait_for(
+        lambda: (
+            "--max-batch-size=32"
+            in (get(cluster, namespace, "deployment", "smollm2") or {})["spec"]["template"]["spec"][
+                "containers"
+            ][0]["args"]
+        ),
+        timeout=TIMEOUT,
+        what="hand-edited args restored",
+    )
+    uid = (get(cluster, namespace, "service", "smollm2") or {})["metadata"]["uid"]
+    cluster.kubectl("delete", "service", "smollm2", "-n", namespace)
+    wait_for(
+        lambda: (
+            (get(cluster, namespace, "service", "smollm2") or {}).get("metadata", {}).get("uid")
+            not in (None, uid)
+        ),
+        timeout=TIMEOUT,
+        what="deleted Service recreated",
+    )
+
+
+async def test_second_reconcile_of_an_unchanged_resource_writes_nothing(
+    cluster: Cluster, namespace: str
+) -> None:
+    body = sample("full")
+    apply(cluster, namespace, body)
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    wait_for(lambda: len(pods(cluster, namespace, "qwen-chat")) == 2, what="two pods")
+
+    kinds = ("modeldeployment", "deployment", "service", "hpa", "pdb", "networkpolicy")
+
+    def versions() -> dict[str, str]:
+        return {
+            kind: (get(cluster, namespace, kind, "qwen-chat") or {})["metadata"]["resourceVersion"]
+            for kind in kinds
+        }
+
+    # Let the operator's own reaction to the HPA and pod events settle.
+    settled: dict[str, str] = {}
+
+    def stable() -> bool:
+        nonlocal settled
+        now = versions()
+        same = now == settled
+        settled = now
+        return same
+
+    wait_for(stable, timeout=TIMEOUT, interval=2, what="resourceVersions to settle")
+    client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), lazy=False)
+    counting = CountingClient(client)
+    try:
+        kube = Kube(cast(AsyncClient, counting))
+        for _ in range(2):
+            live = await kube.get_model_deployment(namespace, "qwen-chat")
+            assert live is not None
+            outcome = await reconcile(kube, live)
+            assert outcome.writes == 0, outcome
+    finally:
+        await client.close()
+    assert sum(counting.writes.values()) == 0, counting.writes
+    assert versions() == settled
+
+
+def test_hpa_owned_replicas_are_never_overwritten(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, sample("full"))
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    # Act as the autoscaler: scale the Deployment within [min, max] through its scale subresource.
+    cluster.kubectl("scale", "deployment", "qwen-chat", "-n", namespace, "--replicas=3")
+    # A spec change makes the operator re-apply the Deployment.
+    cluster.kubectl(
+        "patch", "md", "qwen-chat", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"server": {"maxQueue": 1000}}}),
+    )  # fmt: skip
+    wait_for(
+        lambda: (
+            "--max-queue=1000"
+            in (get(cluster, namespace, "deployment", "qwen-chat") or {})["spec"]["template"][
+                "spec"
+            ]["containers"][0]["args"]
+        ),
+        timeout=TIMEOUT,
+        what="the spec change applied",
+    )
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    assert (get(cluster, namespace, "deployment", "qwen-chat") or {})["spec"]["replicas"] == 3
+
+
+def test_kubectl_scale_goes_through_the_scale_subresource(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, sample("minimal"))
+    wait_condition(cluster, namespace, "smollm2", "Ready", "True")
+    cluster.kubectl("scale", "md/smollm2", "-n", namespace, "--replicas=3")
+    wait_for(
+        lambda: (
+            (get(cluster, namespace, "md", "smollm2") or {}).get("status", {}).get("ready") == "3/3"
+        ),
+        timeout=TIMEOUT,
+        what="3/3 replicas ready",
+    )
+    scale = json.loads(
+        cluster.kubectl(
+            "get", "--raw",
+            f"/apis/modelplane.io/v1alpha1/namespaces/{namespace}/modeldeployments/smollm2/scale",
+        ).stdout
+    )  # fmt: skip
+    assert scale["spec"]["replicas"] == 3
+    assert scale["status"]["replicas"] == 3
+    assert "app.kubernetes.io/instance=smollm2" in scale["status"]["selector"]
+    assert get(cluster, namespace, "pdb", "smollm2") is not None
+
+
+def test_suspend_scales_to_zero_and_keeps_the_objects(cluster: Cluster, namespace: str) -> None:
+    body = sample("full")
+    apply(cluster, namespace, body)
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    body["spec"]["suspend"] = True
+    apply(cluster, namespace, body)
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True", reason="Suspended")
+    deployment = get(cluster, namespace, "deployment", "qwen-chat") or {}
+    assert deployment["spec"]["replicas"] == 0
+    assert pods(cluster, namespace, "qwen-chat") == []
+    assert get(cluster, namespace, "service", "qwen-chat") is not None
+    assert get(cluster, namespace, "hpa", "qwen-chat") is None
+    assert get(cluster, namespace, "pdb", "qwen-chat") is None
+    body["spec"]["suspend"] = False
+    apply(cluster, namespace, body)
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True", reason="Serving")
+    assert get(cluster, namespace, "hpa", "qwen-chat") is not None
+
+
+def test_deleting_the_resource_removes_every_child(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, sample("full"))
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    cluster.kubectl("delete", "md", "qwen-chat", "-n", namespace, "--wait=true", "--timeout=60s")
+    for kind in ("deployment", "service", "hpa", "pdb", "networkpolicy"):
+        wait_for(
+            lambda kind=kind: get(cluster, namespace, kind, "qwen-chat") is None,
+            timeout=TIMEOUT,
+            what=f"{kind} garbage-collected",
+        )
+    wait_for(lambda: pods(cluster, namespace, "qwen-chat") == [], timeout=TIMEOUT, what="no pods")
