@@ -342,6 +342,7 @@ class ContinuousBatchingEngine:
             self._flush()
             return False
         newcomers = self._admit()
+        self._running_count = len(self._running) + len(newcomers)
         if not newcomers and not self._running:
             self._flush()
             if self._draining and not self._waiting_count:
