@@ -35,6 +35,24 @@ DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 63
 
 
+# Messages of the cross-field rules: the CEL rule and the pydantic validator say the same thing.
+MODEL_URI_MESSAGE = (
+    "spec.model.uri must be hf://<org>/<repo>, pvc://<claim>[/<path>], file:///<path> or an "
+    "absolute path inside the image"
+)
+GGUF_FORMAT_MESSAGE = "spec.model.ggufFile needs spec.model.format GGUF or Auto"
+GPU_TYPE_MESSAGE = "spec.accelerator.type needs spec.accelerator.count > 0"
+MIN_MAX_MESSAGE = (
+    "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"
+)
+TARGET_MESSAGE = "spec.autoscaling needs a target: targetQueueDepth or targetCPUUtilizationPercent"
+ROLLOUT_MESSAGE = "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0"
+REPLICAS_AUTOSCALING_MESSAGE = (
+    "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the replica count "
+    "(use kubectl scale only without autoscaling)"
+)
+
+
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
     """CEL rules for `json_schema_extra`: (rule, message) pairs."""
     return {
@@ -75,12 +93,11 @@ class ModelSource(ApiModel):
         json_schema_extra=_rules(
             (
                 "self.uri.matches('" + MODEL_URI_PATTERN.replace("\\", "\\\\") + "')",
-                "spec.model.uri must be hf://<org>/<repo>, pvc://<claim>[/<path>], "
-                "file:///<path> or an absolute path inside the image",
+                MODEL_URI_MESSAGE,
             ),
             (
                 "!has(self.ggufFile) || self.format != 'HuggingFace'",
-                "spec.model.ggufFile needs spec.model.format GGUF or Auto",
+                GGUF_FORMAT_MESSAGE,
             ),
         )
     )
@@ -144,12 +161,9 @@ class ModelSource(ApiModel):
     @model_validator(mode="after")
     def _check(self) -> ModelSource:
         if not re.match(MODEL_URI_PATTERN, self.uri):
-            raise ValueError(
-                "spec.model.uri must be hf://<org>/<repo>, pvc://<claim>[/<path>], "
-                "file:///<path> or an absolute path inside the image"
-            )
+            raise ValueError(MODEL_URI_MESSAGE)
         if self.gguf_file is not None and self.format == "HuggingFace":
-            raise ValueError("spec.model.ggufFile needs spec.model.format GGUF or Auto")
+            raise ValueError(GGUF_FORMAT_MESSAGE)
         return self
 
 
@@ -254,7 +268,7 @@ class Accelerator(ApiModel):
         json_schema_extra=_rules(
             (
                 "!has(self.type) || self.count > 0",
-                "spec.accelerator.type needs spec.accelerator.count > 0",
+                GPU_TYPE_MESSAGE,
             ),
         )
     )
@@ -282,7 +296,7 @@ class Accelerator(ApiModel):
     @model_validator(mode="after")
     def _check(self) -> Accelerator:
         if self.type is not None and self.count == 0:
-            raise ValueError("spec.accelerator.type needs spec.accelerator.count > 0")
+            raise ValueError(GPU_TYPE_MESSAGE)
         return self
 
 
@@ -293,12 +307,11 @@ class Autoscaling(ApiModel):
         json_schema_extra=_rules(
             (
                 "self.minReplicas <= self.maxReplicas",
-                "spec.autoscaling.minReplicas must be less than or equal to "
-                "spec.autoscaling.maxReplicas",
+                MIN_MAX_MESSAGE,
             ),
             (
                 "has(self.targetQueueDepth) || has(self.targetCPUUtilizationPercent)",
-                "spec.autoscaling needs a target: targetQueueDepth or targetCPUUtilizationPercent",
+                TARGET_MESSAGE,
             ),
         )
     )
@@ -329,14 +342,9 @@ class Autoscaling(ApiModel):
     @model_validator(mode="after")
     def _check(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                "spec.autoscaling.minReplicas must be less than or equal to "
-                "spec.autoscaling.maxReplicas"
-            )
+            raise ValueError(MIN_MAX_MESSAGE)
         if self.target_queue_depth is None and self.target_cpu_utilization_percent is None:
-            raise ValueError(
-                "spec.autoscaling needs a target: targetQueueDepth or targetCPUUtilizationPercent"
-            )
+            raise ValueError(TARGET_MESSAGE)
         return self
 
 
@@ -347,7 +355,7 @@ class Rollout(ApiModel):
         json_schema_extra=_rules(
             (
                 "self.maxSurge > 0 || self.maxUnavailable > 0",
-                "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0",
+                ROLLOUT_MESSAGE,
             )
         )
     )
@@ -367,9 +375,7 @@ class Rollout(ApiModel):
     @model_validator(mode="after")
     def _check(self) -> Rollout:
         if self.max_surge == 0 and self.max_unavailable == 0:
-            raise ValueError(
-                "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0"
-            )
+            raise ValueError(ROLLOUT_MESSAGE)
         return self
 
 
@@ -482,9 +488,7 @@ class ModelDeploymentSpec(ApiModel):
         json_schema_extra=_rules(
             (
                 "!(has(self.replicas) && has(self.autoscaling))",
-                "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the "
-                "replica "
-                "count (use kubectl scale only without autoscaling)",
+                REPLICAS_AUTOSCALING_MESSAGE,
             ),
         )
     )
@@ -561,10 +565,7 @@ class ModelDeploymentSpec(ApiModel):
     @model_validator(mode="after")
     def _check(self) -> ModelDeploymentSpec:
         if self.replicas is not None and self.autoscaling is not None:
-            raise ValueError(
-                "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the "
-                "replica count (use kubectl scale only without autoscaling)"
-            )
+            raise ValueError(REPLICAS_AUTOSCALING_MESSAGE)
         return self
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from modelplane_operator.conditions import merge_conditions
+from modelplane_operator.conditions import Condition, merge_conditions
 from modelplane_operator.diagnose import (
     CRASH_LOOP_BACK_OFF,
     IMAGE_PULL_BACK_OFF,
@@ -226,27 +226,20 @@ def test_autoscaler_and_monitoring_conditions() -> None:
 
 
 def test_transition_time_kept_while_status_unchanged() -> None:
-    first = observe(
-        deployment=deployment(1, 0),
-        pods=[],
-        suspended=False,
-        autoscaling_wanted=False,
-        hpa=None,
-        monitoring_wanted=False,
-        monitoring_skipped=False,
-    )
-    before = merge_conditions([], first.conditions, 1, "2026-01-01T00:00:00Z")
-    again = merge_conditions(before, first.conditions, 1, "2026-01-01T00:05:00Z")
+    def observed(ready_replicas: int) -> list[Condition]:
+        return observe(
+            deployment=deployment(1, ready_replicas),
+            pods=[],
+            suspended=False,
+            autoscaling_wanted=False,
+            hpa=None,
+            monitoring_wanted=False,
+            monitoring_skipped=False,
+        ).conditions
+
+    before = merge_conditions([], observed(0), 1, "2026-01-01T00:00:00Z")
+    again = merge_conditions(before, observed(0), 1, "2026-01-01T00:05:00Z")
     assert again == before
-    ready = observe(
-        deployment=deployment(1, 1),
-        pods=[],
-        suspended=False,
-        autoscaling_wanted=False,
-        hpa=None,
-        monitoring_wanted=False,
-        monitoring_skipped=False,
-    )
-    after = {c["type"]: c for c in merge_conditions(before, ready.conditions, 1, "T2")}
+    after = {c["type"]: c for c in merge_conditions(before, observed(1), 1, "T2")}
     assert after["Ready"]["lastTransitionTime"] == "T2"
     assert after["PodsHealthy"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
