@@ -153,6 +153,8 @@ class FakeGenerationEngine:
                 with contextlib.suppress(ValueError):
                     self.waiting.remove(sequence)
                 self.running.pop(sequence.request.request_id, None)
+                if not (self.waiting or self.running):
+                    self._idle.set()
 
     def stats(self) -> EngineStats:
         return EngineStats(
