@@ -41,6 +41,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 Progress = Callable[[str], None]
 
+# The embedded MiniLM ships as a directory called "model"; serve it under its real name.
+EMBEDDED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
+
 _QUANTISATION_SUFFIX = re.compile(r"[.-](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 
@@ -99,12 +102,15 @@ def _id_from_directory(directory: Path) -> str:
     return directory.name
 
 
-def resolve_source(model: str, gguf_file: str = "", *, embedded: Path | None = None) -> ModelSource:
+def resolve_source(
+    model: str, gguf_file: str = "", *, embedded: Path | None = None, embedded_id: str = ""
+) -> ModelSource:
     """Turn a `--model` value into files to load (see the module docstring for what is accepted)."""
     if not model:
         if embedded is None:
             raise FileNotFoundError("no model given and no embedded default")
-        model = str(embedded)
+        source = resolve_source(str(embedded), gguf_file)
+        return ModelSource(source.location, source.gguf_file, embedded_id or source.derived_id)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
@@ -286,7 +292,7 @@ def load_embedding_engine(
 
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None
-    source = resolve_source(config.model, embedded=embedded)
+    source = resolve_source(config.model, embedded=embedded, embedded_id=EMBEDDED_EMBEDDING_MODEL_ID)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     _report(progress, f"loading embedding model {source.location} as {dtype} on {device}")
