@@ -1,10 +1,10 @@
 """Text in and out of token ids: the tokenizer adapter, incremental detokenisation and stop strings.
 
 `TextCodec` wraps a Hugging Face tokenizer behind the seam's `Tokenizing` protocol (plus decoding).
-`IncrementalDetokenizer` turns a growing list of generated ids into text deltas with a sliding prefix
-window (the TGI/vLLM scheme), so each step costs O(new tokens) and a delta never ends in half a UTF-8
-character. `StopStringMatcher` finds stop strings across deltas and holds back any tail that could
-still become one, so a stop string never leaks into streamed output.
+`IncrementalDetokenizer` turns a growing list of generated ids into text deltas with a sliding
+prefix window (the TGI/vLLM scheme), so each step costs O(new tokens) and a delta never ends in half
+a UTF-8 character. `StopStringMatcher` finds stop strings across deltas and holds back any tail that
+could still become one, so a stop string never leaks into streamed output.
 
 None of this is torch; it runs next to the consumer of each stream (on the event loop), keeping the
 engine's step thread free for forward passes.
@@ -30,7 +30,7 @@ class Decoding(Protocol):
 
 
 class TextCodec:
-    """A Hugging Face tokenizer seen through `types.Tokenizing`, plus `decode` for the detokenizer."""
+    """A Hugging Face tokenizer seen through `types.Tokenizing`, plus `decode`."""
 
     def __init__(self, tokenizer: Any, model_id: str, context_length: int) -> None:
         self._tokenizer = tokenizer
@@ -50,16 +50,17 @@ class TextCodec:
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a completion prompt, with the tokenizer's special tokens (BOS) as generate() expects."""
+        """Token ids of a completion prompt, with special tokens (BOS) as generate() expects."""
         return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """The chat prompt with an open assistant turn, via the tokenizer's own template if it has one."""
+        """The chat prompt with an open assistant turn, via the tokenizer's template if any."""
         if getattr(self._tokenizer, "chat_template", None):
             text = self._tokenizer.apply_chat_template(
                 list(messages), tokenize=False, add_generation_prompt=True
             )
-            # The template already writes BOS and role markers: adding special tokens would double them.
+            # The template already writes BOS and role markers: adding special tokens would double
+            # them.
             return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
         lines = [
             f"{m.get('role', 'user')}{FALLBACK_ROLE_SEPARATOR}{m.get('content', '')}"
@@ -82,7 +83,7 @@ class IncrementalDetokenizer:
         self._read_offset = len(self._ids)
 
     def add(self, token_ids: Sequence[int]) -> str:
-        """Append ids and return the text they complete (possibly "" while a character is partial)."""
+        """Append ids; return the text they complete ("" while a character is partial)."""
         if not token_ids:
             return ""
         self._ids.extend(token_ids)
@@ -108,11 +109,12 @@ class StopStringMatcher:
         self._pending = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """Return (text safe to emit, whether a stop string was found); after a stop, discard the rest."""
+        """Return (text safe to emit, whether a stop string was found); a stop ends the text."""
         if not self._stops:
             return text, False
         buffer = self._pending + text
-        # `_pending` never holds a whole stop string, so searching the joined buffer finds every match.
+        # `_pending` never holds a whole stop string, so searching the joined buffer finds every
+        # match.
         found = [index for index in (buffer.find(stop) for stop in self._stops) if index >= 0]
         if found:
             self._pending = ""

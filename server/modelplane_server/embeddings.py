@@ -1,9 +1,10 @@
 """Dynamic (request-level) batching for embeddings.
 
-Callers' texts wait in one bounded queue (counted in texts, `max_queue`). A dedicated thread takes the
-first waiting text, then keeps gathering until `max_batch_size` texts are in hand or `max_wait_ms` has
-passed since it took the first, runs one forward over them, and resolves each caller's future when
-all of its texts are done. A caller with more texts than a batch holds simply spans several batches.
+Callers' texts wait in one bounded queue (counted in texts, `max_queue`). A dedicated thread takes
+the first waiting text, then keeps gathering until `max_batch_size` texts are in hand or
+`max_wait_ms` has passed since it took the first, runs one forward over them, and resolves each
+caller's future when all of its texts are done. A caller with more texts than a batch holds simply
+spans several batches.
 
 Texts are tokenised on the caller's side (the event loop) so an over-long input is rejected at once
 with `PromptTooLongError` rather than silently truncated. The runner (torch) is behind the
@@ -55,7 +56,7 @@ class _Job:
 
 
 class DynamicBatchingEmbeddingEngine:
-    """`types.EmbeddingEngine`: gathers concurrent callers' texts into one forward on its own thread."""
+    """`types.EmbeddingEngine`: concurrent callers' texts share forwards on one thread."""
 
     def __init__(
         self,

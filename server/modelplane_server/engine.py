@@ -4,17 +4,17 @@ The asyncio side (`generate`, the streams, `stop`) and one dedicated step thread
 
 - `generate()` admits synchronously into a bounded priority queue (by requests and by prompt tokens)
   and returns a stream. The event loop never runs torch.
-- The step thread repeats: apply cancellations and deadlines, admit queued sequences while the step's
-  token budget (padded prefill tokens + one decode token per running row) and `max_batch_size` allow,
-  prefill the newcomers as one mini-batch, then decode one token for every running row; finished rows
-  leave at once, so a freed slot is reused at the very next step.
+- The step thread repeats: apply cancellations and deadlines, admit queued sequences while the
+  step's token budget (padded prefill tokens + one decode token per running row) and
+  `max_batch_size` allow, prefill the newcomers as one mini-batch, then decode one token for every
+  running row; finished rows leave at once, so a freed slot is reused at the very next step.
 - Each step's tokens go to the streams in one `loop.call_soon_threadsafe` per event loop. Streams
   detokenise on the event loop and look for stop strings there (off the step thread); a stream that
-  finds one, or is closed or cancelled by its consumer, tells the step thread, which frees the row at
-  its next step.
+  finds one, or is closed or cancelled by its consumer, tells the step thread, which frees the row
+  at its next step.
 
-The runner behind the `StepRunner` protocol does the torch work (`runner.CausalLMRunner`); tests use a
-fake one. Documented choices:
+The runner behind the `StepRunner` protocol does the torch work (`runner.CausalLMRunner`); tests use
+a fake one. Documented choices:
 
 - A prompt must leave room for one generated token: `len(prompt) >= context_length` is rejected with
   `PromptTooLongError`; otherwise `max_tokens` is capped to what fits and the cap ends with LENGTH.
@@ -164,6 +164,7 @@ class ContinuousBatchingEngine:
         codec: TextCodec,
         config: GenerationConfig,
         eos_token_ids: Iterable[int],
+        *,
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -290,14 +291,14 @@ class ContinuousBatchingEngine:
         return _GenerationStream(self, sequence, self._codec, params.stop)
 
     def _retry_after(self, waiting: int) -> float:
-        """Roughly how long until the queue has room: the queue's worth of batches at recent latency."""
+        """Roughly when the queue has room: the queue's worth of batches at the recent latency."""
         batches = waiting / max(self._config.max_batch_size, 1)
         return float(min(60.0, max(1.0, batches * self._mean_latency_s)))
 
     def cancel(
         self, sequence: _Sequence, reason: FinishReason, completion_tokens: int | None
     ) -> None:
-        """End a sequence from any thread (consumer gone, stop string found); applied at the next step."""
+        """End a sequence from any thread (consumer gone, stop string found) at the next step."""
         if sequence.cancel_reason is not None or sequence.state is _State.FINISHED:
             return
         sequence.cancel_completion_tokens = completion_tokens
@@ -324,7 +325,7 @@ class ContinuousBatchingEngine:
                 if not self._iterate():
                     return
             except Exception:
-                # A bug in the loop itself, not a failed forward: end everything in flight, keep serving.
+                # A bug in the loop itself, not a failed forward: end all in flight, keep serving.
                 logger.exception("generation step loop failed; aborting in-flight requests")
                 try:
                     self._abort_all(FinishReason.ABORT)
@@ -389,7 +390,7 @@ class ContinuousBatchingEngine:
                     )  # finished while queued; its counts are already off
                     continue
                 new_width = max(width, sequence.prompt_tokens)
-                # A padded prefill costs every newcomer the longest prompt, plus its first decode token.
+                # A padded prefill costs each newcomer the longest prompt, plus its first decode.
                 cost = (len(admitted) + 1) * (new_width + 1)
                 if admitted and cost > budget:
                     break
@@ -546,7 +547,7 @@ class ContinuousBatchingEngine:
         self._outbox.setdefault(sequence.loop, []).append((sequence, event))
 
     def _flush(self) -> None:
-        """Hand this step's events to the event loops: one thread-safe call per loop, not per token."""
+        """Hand this step's events to the event loops: one thread-safe call per loop."""
         outbox, self._outbox = self._outbox, {}
         for loop, events in outbox.items():
             try:
@@ -569,7 +570,7 @@ def _deliver(events: list[tuple[_Sequence, _Event]]) -> None:
 
 
 class _GenerationStream:
-    """The async iterator `generate()` returns: detokenises, applies stop strings, cancels on close."""
+    """What `generate()` returns: detokenises, applies stop strings, cancels on close."""
 
     def __init__(
         self,

@@ -220,7 +220,7 @@ def load_generation_engine(
         common["gguf_file"] = source.gguf_file
     tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
     _report(progress, f"tokenizer loaded ({len(tokenizer)} tokens)")
-    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **common)
+    model: Any = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **common)
     model.to(device)
     model.eval()
     parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -241,12 +241,12 @@ def load_generation_engine(
         progress, f"generation model {codec.model_id!r} ready in {time.monotonic() - began:.1f} s"
     )
     return ContinuousBatchingEngine(
-        runner, codec, config, _eos_token_ids(model, tokenizer), observer
+        runner, codec, config, _eos_token_ids(model, tokenizer), observer=observer
     )
 
 
 def _pooling_mode(directory: Path) -> str:
-    """The pooling sentence-transformers would use (modules.json -> Pooling config); default mean."""
+    """The pooling sentence-transformers would use (modules.json -> Pooling); default mean."""
     modules_file = directory / "modules.json"
     if not modules_file.exists():
         return "mean"
@@ -292,12 +292,14 @@ def load_embedding_engine(
 
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None
-    source = resolve_source(config.model, embedded=embedded, embedded_id=EMBEDDED_EMBEDDING_MODEL_ID)
+    source = resolve_source(
+        config.model, embedded=embedded, embedded_id=EMBEDDED_EMBEDDING_MODEL_ID
+    )
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     _report(progress, f"loading embedding model {source.location} as {dtype} on {device}")
     tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=True)
-    model = AutoModel.from_pretrained(source.location, dtype=dtype, local_files_only=True)
+    model: Any = AutoModel.from_pretrained(source.location, dtype=dtype, local_files_only=True)
     model.to(device)
     model.eval()
     directory = Path(source.location)

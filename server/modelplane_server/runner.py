@@ -4,15 +4,16 @@
 buffers (`[rows, kv_heads, columns, head_dim]` per layer) that all rows share column-wise:
 
 - every row's last token sits in the same column, so one decode step is one `[rows, 1]` forward that
-  writes one new column in place (no `torch.cat` of the whole cache per step, unlike `DynamicCache`);
+  writes one new column in place (no `torch.cat` of the whole cache per step, as in
+  `DynamicCache`);
 - newcomers are prefilled as their own left-padded mini-batch, then copied into free rows so that
   their prompt ends at the shared last column (left padding, masked out);
 - finished rows leave by moving the last rows into their slots (only moved rows are copied), and the
   window's leading all-padding columns are dropped by moving a start index, not by copying.
 
 The model sees the buffers through a transformers `Cache` whose layers return views of the window,
-so any `AutoModelForCausalLM` whose attention goes through `Cache.update` works (full attention only;
-sliding-window and linear-attention layers are refused at load time).
+so any `AutoModelForCausalLM` whose attention goes through `Cache.update` works (full attention
+only; sliding-window and linear-attention layers are refused at load time).
 
 Every method runs on one thread (the engine's step thread, or the loader before it starts), under
 `torch.inference_mode()`. The device is given; nothing here picks one.
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer
 
 from modelplane_server.sampling import SamplingState
 from modelplane_server.types import SamplingParams
@@ -43,14 +44,14 @@ class _Window:
         self.end = 0  # one past the last written column; the next decode step writes here
 
 
-class _SlotLayer(CacheLayerMixin):
+class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transformers' hook is untyped
     """One layer's view of the runner's buffers, in the shape transformers' attention expects."""
 
     is_sliding = False
     is_croppable = False
 
     def __init__(self, runner: CausalLMRunner, layer_index: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._runner = runner
         self._layer_index = layer_index
         self.is_initialized = True
@@ -84,8 +85,19 @@ class _SlotLayer(CacheLayerMixin):
         return -1
 
 
+def _prefilled_states(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for layer in cache.layers:
+        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+            raise TypeError(f"unexpected prefill cache layer {type(layer).__name__}")
+        keys.append(layer.keys)
+        values.append(layer.values)
+    return keys, values
+
+
 def check_supported(config: Any) -> None:
-    """Refuse architectures whose cache is not plain full attention (the padded-window design needs it)."""
+    """Refuse models whose cache is not plain full attention (the padded window needs it)."""
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         raise ValueError(
@@ -140,7 +152,7 @@ class CausalLMRunner:
         prompts: Sequence[Sequence[int]],
         params: Sequence[SamplingParams],
     ) -> list[int]:
-        """Run the prompts of newcomers, add them to the running batch; return their first tokens."""
+        """Prefill newcomers, add them to the running batch; return their first tokens."""
         lengths = [len(prompt) for prompt in prompts]
         width = max(lengths)
         input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -163,7 +175,14 @@ class CausalLMRunner:
             **extra,
         )
         logits = output.logits[:, -1, :]
-        first_row = self._merge(seq_ids, params, lengths, width, attention, prefill_cache)
+        first_row = self._merge(
+            seq_ids=seq_ids,
+            params=params,
+            lengths=lengths,
+            width=width,
+            attention=attention,
+            prefill_cache=prefill_cache,
+        )
         tokens = self._sampling.sample(logits, first_row)
         self._last_tokens[first_row : first_row + len(prompts)] = tokens
         return [int(token) for token in tokens.tolist()]
@@ -192,7 +211,7 @@ class CausalLMRunner:
 
     @torch.inference_mode()
     def release(self, seq_ids: Sequence[int]) -> None:
-        """Drop sequences from the running batch (finished, cancelled or failed); unknown ids are ignored."""
+        """Drop sequences from the running batch (finished, cancelled, failed); skip unknown ids."""
         leaving = set(seq_ids)
         if not leaving.intersection(self._row_seq):
             return
@@ -225,7 +244,7 @@ class CausalLMRunner:
                 buffer[target_index, :, window.start : window.end] = buffer[
                     source_index, :, window.start : window.end
                 ]
-        # Whole mask rows move, so no stale column of the previous occupant survives outside the window.
+        # Whole mask rows move: no stale column of a previous occupant survives outside the window.
         for tensor in (self._mask, self._positions, self._last_tokens):
             tensor[target_index] = tensor[source_index]
         self._sampling.move_rows(sources, targets)
@@ -235,6 +254,7 @@ class CausalLMRunner:
 
     def _merge(
         self,
+        *,
         seq_ids: Sequence[int],
         params: Sequence[SamplingParams],
         lengths: list[int],
@@ -246,10 +266,9 @@ class CausalLMRunner:
         count = len(seq_ids)
         first_row = self.window.rows
         if first_row == 0:
-            # An empty batch starts over where these prompts just fit, leaving the rest for decoding.
+            # An empty batch starts where these prompts just fit, leaving the rest for decoding.
             self.window.start = self.window.end = width
-        layer_keys = [prefill_cache.layers[i].keys for i in range(self._num_layers)]
-        layer_values = [prefill_cache.layers[i].values for i in range(self._num_layers)]
+        layer_keys, layer_values = _prefilled_states(prefill_cache)
         self._reserve(first_row + count, width, 1, like=(layer_keys[0], layer_values[0]))
         window = self.window
         end = window.end
@@ -280,11 +299,11 @@ class CausalLMRunner:
         columns_after_end: int,
         like: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """Make room for `rows` rows and the given columns around `window.end`, relaying out if needed.
+        """Make room for `rows` rows and these columns around `window.end`; relayout if needed.
 
-        A relayout copies the live window into fresh zeroed buffers (zeros, not empty: masked columns
-        still enter the attention product, and 0 * NaN from uninitialised memory would poison it).
-        Capacities grow geometrically, so relayouts are rare and their cost amortises.
+        A relayout copies the live window into fresh zeroed buffers (zeros, not empty: masked
+        columns still enter the attention product, and 0 * NaN from uninitialised memory would
+        poison it). Capacities grow geometrically, so relayouts are rare and their cost amortises.
         """
         window = self.window
         row_capacity = self._mask.shape[0]

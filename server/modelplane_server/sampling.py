@@ -1,9 +1,10 @@
-"""Per-row token sampling for a mixed batch: greedy, temperature, top-k, top-p and per-request seeds.
+"""Per-row token sampling for a mixed batch: greedy, temperature, top-k, top-p and per-request
+seeds.
 
-Each row of a batch carries its own `SamplingParams`; the maths is vectorised over the rows (one sort
-and one softmax for all sampling rows) so the cost per step does not grow with Python loops over the
-vocabulary. Seeded rows draw from their own `torch.Generator`, so a seeded request samples the same
-tokens whatever else shares its batch. Runs on the engine's step thread only (it is torch).
+Each row of a batch carries its own `SamplingParams`; the maths is vectorised over the rows (one
+sort and one softmax for all sampling rows) so the cost per step does not grow with Python loops
+over the vocabulary. Seeded rows draw from their own `torch.Generator`, so a seeded request samples
+the same tokens whatever else shares its batch. Runs on the engine's step thread only (it is torch).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class SamplingState:
             self.generators[target] = self.generators[source]
 
     def sample(self, logits: torch.Tensor, first_row: int) -> torch.Tensor:
-        """Pick one token per row of `logits` ([rows, vocab]) for batch rows `first_row`, ... onwards."""
+        """Pick one token per row of `logits` ([rows, vocab]) for batch rows from `first_row`."""
         tokens = logits.argmax(dim=-1)
         sampling = [
             (offset, first_row + offset)

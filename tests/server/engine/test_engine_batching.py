@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from engine_fakes import CharacterCodec, FakeRunner, RecordingObserver, default_token
+from engine_fakes import CharacterCodec, FakeRunner, RecordingObserver, default_token, wait_until
 
 from modelplane_server.engine import ContinuousBatchingEngine
 from modelplane_server.types import (
@@ -81,17 +81,10 @@ def expected_text(prompt: str, count: int) -> str:
     return "".join(chr(default_token(ids, index)) for index in range(count))
 
 
-async def wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
-
-
 async def test_many_concurrent_requests_all_complete_within_batch_limits() -> None:
     engine, runner, observer = make_engine(FakeRunner(step_delay_s=0.001), max_batch_size=8)
     await engine.start()
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 (reproducible test data, not cryptography)
     jobs = [(f"r{i}", "p" * rng.randint(1, 20), rng.randint(1, 30)) for i in range(100)]
 
     async def run(request_id: str, prompt: str, max_tokens: int) -> list[GenerationDelta]:
@@ -120,7 +113,8 @@ async def test_finished_sequences_leave_and_queued_join_every_step() -> None:
     late = engine.generate(request("late", max_tokens=2))
     await asyncio.gather(collect(short), collect(long), collect(late))
     await engine.stop(5)
-    # "late" (seq 2) is prefilled in the step right after "short" (seq 0) finished, while "long" runs.
+    # "late" (seq 2) is prefilled in the step right after "short" (seq 0) finished, while "long"
+    # runs.
     assert runner.prefills == [[0, 1], [2]]
     assert runner.decodes[0] == [0, 1]
     assert runner.decodes[1] == [1, 2]
@@ -151,7 +145,7 @@ async def test_lower_priority_value_is_admitted_first() -> None:
     engine, runner, _ = make_engine(FakeRunner(gate=gate), max_batch_size=1)
     await engine.start()
     first = engine.generate(request("first", max_tokens=1))
-    await wait_for(lambda: engine.stats().waiting == 0)  # "first" is in its (gated) prefill
+    await wait_until(lambda: engine.stats().waiting == 0)  # "first" is in its (gated) prefill
     low = engine.generate(request("low", priority=5, max_tokens=1))
     high = engine.generate(request("high", priority=0, max_tokens=1))
     also_high = engine.generate(request("also-high", priority=0, max_tokens=1))
@@ -166,7 +160,7 @@ async def test_bounded_queue_by_requests_raises_queue_full() -> None:
     engine, _, observer = make_engine(FakeRunner(gate=gate), max_queue=2, max_batch_size=1)
     await engine.start()
     streams = [engine.generate(request("running", max_tokens=1))]
-    await wait_for(lambda: engine.stats().waiting == 0)
+    await wait_until(lambda: engine.stats().waiting == 0)
     streams += [engine.generate(request(f"q{i}", max_tokens=1)) for i in range(2)]
     with pytest.raises(QueueFullError) as raised:
         engine.generate(request("one-too-many"))
@@ -182,7 +176,7 @@ async def test_bounded_queue_by_prompt_tokens_raises_queue_full() -> None:
     engine, _, observer = make_engine(FakeRunner(gate=gate), max_queue_tokens=10, max_batch_size=1)
     await engine.start()
     streams = [engine.generate(request("running", max_tokens=1))]
-    await wait_for(lambda: engine.stats().waiting == 0)
+    await wait_until(lambda: engine.stats().waiting == 0)
     streams.append(engine.generate(request("q", "x" * 8, max_tokens=1)))
     assert engine.stats().waiting_prompt_tokens == 8
     with pytest.raises(QueueFullError):
@@ -250,7 +244,7 @@ async def test_stop_strings_end_the_request_and_never_leak() -> None:
     await engine.start()
     deltas = await collect(engine.generate(request("s", max_tokens=40, stop=("STOP", "xyz"))))
     streamed = [delta.text for delta in deltas]
-    await wait_for(lambda: len(observer.finished) == 1)
+    await wait_until(lambda: len(observer.finished) == 1)
     await engine.stop(5)
     assert "".join(streamed) == "hello "
     assert all("S" not in chunk for chunk in streamed)
@@ -266,10 +260,10 @@ async def test_closing_a_stream_frees_its_slot_within_one_step() -> None:
     keep = engine.generate(request("keep", max_tokens=60))
     gone = engine.generate(request("gone", max_tokens=60))
     await gone.__anext__()
-    await wait_for(lambda: len(runner.decodes) >= 3)
+    await wait_until(lambda: len(runner.decodes) >= 3)
     await gone.aclose()
     closed_at = len(runner.decodes)
-    await wait_for(lambda: any(stats.request_id == "gone" for stats in observer.finished))
+    await wait_until(lambda: any(stats.request_id == "gone" for stats in observer.finished))
     # At most the step already running when we closed still carries the row.
     with_row = [ids for ids in runner.decodes[closed_at:] if 1 in ids]
     assert len(with_row) <= 1
@@ -283,13 +277,13 @@ async def test_cancelling_the_consumer_task_cancels_the_request() -> None:
     await engine.start()
     stream = engine.generate(request("client", max_tokens=1000))
     task = asyncio.create_task(collect(stream))
-    await wait_for(lambda: len(runner.decodes) >= 2)
+    await wait_until(lambda: len(runner.decodes) >= 2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_for(lambda: len(observer.finished) == 1)
+    await wait_until(lambda: len(observer.finished) == 1)
     assert observer.finished[0].finish_reason is FinishReason.CANCELLED
-    await wait_for(lambda: engine.stats().running == 0)
+    await wait_until(lambda: engine.stats().running == 0)
     await engine.stop(5)
 
 
@@ -298,13 +292,13 @@ async def test_cancelling_a_queued_request_removes_it_from_the_queue() -> None:
     engine, runner, observer = make_engine(FakeRunner(gate=gate), max_batch_size=1)
     await engine.start()
     running = engine.generate(request("running", max_tokens=1))
-    await wait_for(lambda: engine.stats().waiting == 0)
+    await wait_until(lambda: engine.stats().waiting == 0)
     queued = engine.generate(request("queued", max_tokens=1))
     assert engine.stats().waiting == 1
     await queued.aclose()
     gate.set()
     await collect(running)
-    await wait_for(lambda: engine.stats().waiting == 0 and len(observer.finished) == 2)
+    await wait_until(lambda: engine.stats().waiting == 0 and len(observer.finished) == 2)
     await engine.stop(5)
     assert runner.prefills == [[0]]
     assert {stats.request_id: stats.finish_reason for stats in observer.finished} == {
@@ -317,7 +311,7 @@ async def test_deadlines_end_requests_with_timeout() -> None:
     engine, _, observer = make_engine(FakeRunner(step_delay_s=0.005), max_batch_size=1)
     await engine.start()
     running = engine.generate(request("total", max_tokens=10_000, deadline=time.monotonic() + 0.3))
-    await wait_for(lambda: engine.stats().waiting == 0)
+    await wait_until(lambda: engine.stats().waiting == 0)
     # The only batch slot is taken, so this one waits in the queue until its queue deadline.
     queued = engine.generate(request("queued", max_tokens=1, queue_deadline=time.monotonic() + 0.1))
     queued_deltas = await collect(queued)
@@ -354,7 +348,7 @@ async def test_drain_aborts_what_is_left_after_the_timeout() -> None:
 
 
 async def test_failing_decode_aborts_its_batch_and_the_loop_survives() -> None:
-    engine, runner, observer = make_engine(FakeRunner(fail_decode_at={3}))
+    engine, _, observer = make_engine(FakeRunner(fail_decode_at={3}))
     await engine.start()
     failed = await asyncio.gather(
         *(collect(engine.generate(request(f"r{i}", max_tokens=50))) for i in range(3))

@@ -1,4 +1,4 @@
-"""The embedding engine: dynamic batching (fake runner), exactness of batching, and MiniLM quality."""
+"""The embedding engine: dynamic batching (fake runner), exactness of batching, MiniLM quality."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_fakes import RecordingObserver
+from engine_fakes import RecordingObserver, wait_until
 
 from modelplane_server.embeddings import DynamicBatchingEmbeddingEngine
 from modelplane_server.loading import load_embedding_engine
@@ -103,8 +103,7 @@ async def test_limits_and_lifecycle_errors() -> None:
     with pytest.raises(PromptTooLongError):
         await engine.embed(["x" * 17])
     first = asyncio.create_task(engine.embed(["a", "b"]))  # taken by the (gated) batcher
-    while runner.batches or engine.waiting:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: engine.waiting == 0)
     await asyncio.sleep(0.01)
     queued = asyncio.create_task(engine.embed(["c", "d", "e"]))
     await asyncio.sleep(0.01)
@@ -140,8 +139,12 @@ async def test_batched_embeddings_equal_unbatched_ones(tiny_bert_dir: Path) -> N
     await engine.stop(5)
     for single, ([concurrent], _), in_one_call in zip(alone, together, batched, strict=True):
         assert math.isclose(math.sqrt(cosine(single, single)), 1.0, rel_tol=1e-5)
-        assert all(math.isclose(x, y, abs_tol=1e-5) for x, y in zip(single, concurrent, strict=True))
-        assert all(math.isclose(x, y, abs_tol=1e-5) for x, y in zip(single, in_one_call, strict=True))
+        assert all(
+            math.isclose(x, y, abs_tol=1e-5) for x, y in zip(single, concurrent, strict=True)
+        )
+        assert all(
+            math.isclose(x, y, abs_tol=1e-5) for x, y in zip(single, in_one_call, strict=True)
+        )
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The generation engine on real models: greedy parity with `generate()`, sampling, stops, failures.
 
-Parity is the strong check of the padded-window KV cache: prompts of different lengths join a running
-batch at different times and leave at different times, and every greedy output must equal what HF
-`generate()` produces for that prompt alone (fp32, CPU).
+Parity is the strong check of the padded-window KV cache: prompts of different lengths join a
+running batch at different times and leave at different times, and every greedy output must equal
+what HF `generate()` produces for that prompt alone (fp32, CPU).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from engine_fakes import RecordingObserver
+from engine_fakes import RecordingObserver, wait_until
 from transformers import AutoModelForCausalLM
 
 from modelplane_server.engine import ContinuousBatchingEngine
@@ -30,7 +30,9 @@ from modelplane_server.types import (
 )
 
 
-def load(model: str, observer: RecordingObserver | None = None, **config: Any) -> ContinuousBatchingEngine:
+def load(
+    model: str, observer: RecordingObserver | None = None, **config: Any
+) -> ContinuousBatchingEngine:
     return load_generation_engine(
         GenerationConfig(model=model, dtype="float32", device="cpu", **config), observer=observer
     )
@@ -77,22 +79,19 @@ async def run_staggered(
     async def run(index: int, prompt: list[int], max_tokens: int) -> list[int]:
         if index >= first_wave:
             steps = engine.stats().steps_total
-            while engine.stats().steps_total < steps + 2 + index - first_wave:
-                await asyncio.sleep(0.001)
+            await wait_until(lambda: engine.stats().steps_total >= steps + 2 + index - first_wave)
         deltas = await collect(
             engine.generate(request(f"r{index}", prompt, max_tokens=max_tokens, temperature=0.0))
         )
         return token_ids(deltas)
 
-    return list(
-        await asyncio.gather(*(run(index, *job) for index, job in enumerate(jobs)))
-    )
+    return list(await asyncio.gather(*(run(index, *job) for index, job in enumerate(jobs))))
 
 
 async def test_greedy_matches_generate_for_a_staggered_mixed_batch(tiny_llama_dir: Path) -> None:
     observer = RecordingObserver()
     engine = load(str(tiny_llama_dir), observer, max_batch_size=4)
-    rng = random.Random(3)
+    rng = random.Random(3)  # noqa: S311 (reproducible test data, not cryptography)
     jobs = [
         ([rng.randrange(3, 40_000) for _ in range(rng.randint(2, 60))], rng.randint(3, 24))
         for _ in range(12)
@@ -122,7 +121,9 @@ async def test_seeded_sampling_is_reproducible_inside_a_mixed_batch(tiny_llama_d
         engine.generate(request("unseeded", prompt, temperature=1.0, max_tokens=16)),
     ]
     results = [token_ids(deltas) for deltas in await asyncio.gather(*map(collect, streams))]
-    alone = token_ids(await collect(engine.generate(request("alone", prompt, seed=1234, **sampled))))
+    alone = token_ids(
+        await collect(engine.generate(request("alone", prompt, seed=1234, **sampled)))
+    )
     await engine.stop(5)
     assert results[0] == results[2] == alone
     assert results[0] != results[3]
@@ -163,12 +164,10 @@ async def test_cancelled_request_leaves_the_batch_within_one_step(tiny_llama_dir
     )
     gone = engine.generate(request("gone", [4, 5, 6, 7], temperature=0.0, max_tokens=120))
     await gone.__anext__()
-    while not observer.steps or observer.steps[-1].batch_size != 2:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: bool(observer.steps) and observer.steps[-1].batch_size == 2)
     await gone.aclose()
     closed_at = len(observer.steps)
-    while not observer.finished:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: bool(observer.finished))
     await keep
     await engine.stop(5)
     after = [step.batch_size for step in observer.steps[closed_at:]]
@@ -195,12 +194,18 @@ async def test_a_failing_forward_aborts_its_batch_and_the_next_requests_are_exac
     monkeypatch.setattr(model, "forward", flaky)
     await engine.start()
     failed = await asyncio.gather(
-        *(collect(engine.generate(request(f"f{i}", [9, 8, 7, i + 3], max_tokens=10))) for i in range(2))
+        *(
+            collect(engine.generate(request(f"f{i}", [9, 8, 7, i + 3], max_tokens=10)))
+            for i in range(2)
+        )
     )
     assert [deltas[-1].finish_reason for deltas in failed] == ["abort", "abort"]
     prompts = [[11, 12, 13], [20, 21, 22, 23, 24, 25, 26]]
     outputs = await asyncio.gather(
-        *(collect(engine.generate(request(f"ok{i}", p, temperature=0.0, max_tokens=8))) for i, p in enumerate(prompts))
+        *(
+            collect(engine.generate(request(f"ok{i}", p, temperature=0.0, max_tokens=8)))
+            for i, p in enumerate(prompts)
+        )
     )
     await engine.stop(5)
     monkeypatch.setattr(model, "forward", original)

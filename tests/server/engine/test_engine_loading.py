@@ -70,7 +70,9 @@ def test_pooling_mode_follows_sentence_transformers_config(tmp_path: Path) -> No
         json.dumps([{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
     )
     (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True})
+    )
     assert _pooling_mode(tmp_path) == "cls"
     assert _pooling_mode(embedded_embedding_model()) == "mean"
 

@@ -18,7 +18,11 @@ def codec(smollm2_tokenizer_dir: Path) -> TextCodec:
 
 @pytest.mark.parametrize(
     "text",
-    ["Hello world, how are you?", "naïve café — 日本語のテキスト 😀🎉 done", "  leading spaces\nand lines"],
+    [
+        "Hello world, how are you?",
+        "naïve café — 日本語のテキスト 😀🎉 done",
+        "  leading spaces\nand lines",
+    ],
 )
 def test_token_by_token_deltas_rebuild_the_text_without_partial_characters(
     codec: TextCodec, text: str
