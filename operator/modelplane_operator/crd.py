@@ -73,9 +73,6 @@ def _structural(schema: Schema) -> Schema:
     schema = _without_null(dict(schema))
     if schema.get("default", 0) is None:
         del schema["default"]
-    if isinstance(schema.get("default"), dict):
-        # Nested defaults fill in an empty object; spelling them twice would drift.
-        schema["default"] = {}
     if "exclusiveMinimum" in schema:
         schema["minimum"] = schema["exclusiveMinimum"]
         schema["exclusiveMinimum"] = True
@@ -154,7 +151,8 @@ def openapi_schema() -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version: modelplane.io/v1alpha1."},
             "kind": {"type": "string", "description": "ModelDeployment."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The apiserver forbids anything but the type here (metadata is implicitly specified).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

@@ -14,6 +14,7 @@ apiserver does not default is resolved into `status.resolved`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -60,8 +61,18 @@ def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-# Optional sections default to {} in the CRD so the apiserver fills in their nested defaults.
-_EMPTY_OBJECT_DEFAULT: dict[str, Any] = {"default": {}}
+def _section_default(model: type[BaseModel]) -> Callable[[dict[str, Any]], None]:
+    """The CRD default of an optional section: its defaulted fields, spelt out in full.
+
+    Not `{}`: the apiserver validates a default with the section's CEL rules *before* nested
+    defaults apply, so `{}` would fail rules such as `self.maxSurge > 0`.
+    """
+
+    def add_default(schema: dict[str, Any]) -> None:
+        dumped = model().model_dump(by_alias=True, exclude_none=True, mode="json")
+        schema["default"] = {key: value for key, value in dumped.items() if value not in ({}, [])}
+
+    return add_default
 
 
 class ApiModel(BaseModel):
@@ -505,12 +516,12 @@ class ModelDeploymentSpec(ApiModel):
     )
     server: ServerConfig = Field(
         default_factory=ServerConfig,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(ServerConfig),
         description="Server batching and lifecycle knobs.",
     )
     accelerator: Accelerator = Field(
         default_factory=Accelerator,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(Accelerator),
         description="GPU type and count, CPU and memory per replica.",
     )
     replicas: int | None = Field(
@@ -533,32 +544,32 @@ class ModelDeploymentSpec(ApiModel):
     )
     rollout: Rollout = Field(
         default_factory=Rollout,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(Rollout),
         description="Rolling update strategy.",
     )
     service: ServiceConfig = Field(
         default_factory=ServiceConfig,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(ServiceConfig),
         description="The Service.",
     )
     monitoring: Monitoring = Field(
         default_factory=Monitoring,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(Monitoring),
         description="Prometheus scraping.",
     )
     network_policy: NetworkPolicyConfig = Field(
         default_factory=NetworkPolicyConfig,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(NetworkPolicyConfig),
         description="Opt-in ingress NetworkPolicy.",
     )
     pod_disruption_budget: DisruptionBudget = Field(
         default_factory=DisruptionBudget,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(DisruptionBudget),
         description="The PodDisruptionBudget.",
     )
     pod_template: PodTemplate = Field(
         default_factory=PodTemplate,
-        json_schema_extra=_EMPTY_OBJECT_DEFAULT,
+        json_schema_extra=_section_default(PodTemplate),
         description="Pod-level overrides (the escape hatch).",
     )
 

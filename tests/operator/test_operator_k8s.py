@@ -153,13 +153,15 @@ def test_full_sample_places_pods_on_the_requested_gpu(cluster: Cluster, namespac
         assert labels["nvidia.com/gpu.product"] == H100
     for kind in ("hpa", "pdb", "networkpolicy", "service", "deployment"):
         assert get(cluster, namespace, kind, "qwen-chat") is not None, kind
-    deployment = get(cluster, namespace, "deployment", "qwen-chat") or {}
+    deployment = get(cluster, namespace, "deployment", "qwen-chat", "--show-managed-fields") or {}
     owners_of_replicas = [
         entry["manager"]
         for entry in deployment["metadata"]["managedFields"]
         if "f:replicas" in json.dumps(entry.get("fieldsV1", {}).get("f:spec", {}))
     ]
     assert "modelplane-operator" not in owners_of_replicas
+    # We never sent replicas (the apiserver defaults 1): 2 is the HPA's doing.
+    assert deployment["spec"]["replicas"] == 2
     wait_condition(
         cluster, namespace, "qwen-chat", "MonitoringReady", "False", reason="CRDNotInstalled"
     )
@@ -177,7 +179,7 @@ def test_service_monitor_once_the_prometheus_operator_crd_exists(
     cluster.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD_FILE))
     try:
         wait_condition(
-            cluster, namespace, "smollm2", "MonitoringReady", "True", "ServiceMonitorApplied"
+            cluster, namespace, "smollm2", "MonitoringReady", "True", reason="ServiceMonitorApplied"
         )
         monitor = get(cluster, namespace, "servicemonitors.monitoring.coreos.com", "smollm2")
         assert monitor is not None
