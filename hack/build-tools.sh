@@ -54,8 +54,8 @@ build_kube() {
 build_etcd() {
   (cd hack/tools/etcd && build etcd go_build -trimpath \
     -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module" go.etcd.io/etcd/server/v3)
-  # The module's main package is named after its directory ("v3"): give it its real name.
-  [ -x "$TOOLS_BIN/v3" ] && mv -f "$TOOLS_BIN/v3" "$TOOLS_BIN/etcd"
+  # go names the binary after the module path ("server"): give it its real name.
+  [ -x "$TOOLS_BIN/server" ] && mv -f "$TOOLS_BIN/server" "$TOOLS_BIN/etcd"
   return 0
 }
 
@@ -63,10 +63,28 @@ build_kwok() {
   build kwok go_install -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$KUBE_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+  kwok_stages
+}
+
+# kwok refuses to start without Stage definitions. Take the five default stages from the kwok
+# module itself (what kwokctl writes), so they always match the kwok version we built.
+kwok_stages() {
+  [ -s "$TOOLS_BIN/kwok-stages.yaml" ] && return 0
+  local dir stages="" f
+  dir="$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    stages+="---"$'\n'"$(cat "$dir/kustomize/stage/$f")"$'\n'
+  done
+  printf '%s' "$stages" > "$TOOLS_BIN/kwok-stages.yaml.tmp"
+  mv -f "$TOOLS_BIN/kwok-stages.yaml.tmp" "$TOOLS_BIN/kwok-stages.yaml"
 }
 
 build_helm() {
-  build helm go_install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
+  build helm go_install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
 }
 
 what="${1:-all}"

@@ -16,3 +16,17 @@ export GOTOOLCHAIN=local GOFLAGS=-modcacherw CGO_ENABLED=0
 
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+UV_VERSION="0.13.8"
+VENV="${VENV:-$PWD/.venv}"
+
+# uv, pinned, in its own cached venv: a fresh machine needs nothing but python3.
+ensure_uv() {
+  UV="$MODELPLANE_CACHE/uv-$UV_VERSION/bin/uv"
+  if [ ! -x "$UV" ]; then
+    log "installing uv $UV_VERSION into $MODELPLANE_CACHE/uv-$UV_VERSION"
+    python3 -m venv "$MODELPLANE_CACHE/uv-$UV_VERSION"
+    "$MODELPLANE_CACHE/uv-$UV_VERSION/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  fi
+  export UV UV_PYTHON_DOWNLOADS=never
+}

@@ -1,0 +1,213 @@
+"""The Helm chart: lint, schema, install into the real cluster, and least-privilege RBAC.
+
+The RBAC test is the cross-check STYLE.md asks for: every kind `modelplane-operator render` can
+produce must be writable by the chart's ServiceAccount, and nothing beyond what the operator needs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from localcluster import REPO_ROOT
+from testsupport import Cluster
+
+CHART = REPO_ROOT / "charts" / "modelplane"
+
+
+def tools_bin() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "hack" / "build-tools.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return tools_bin() / "helm"
+
+
+def run_helm(
+    helm: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, env=env, timeout=180, check=False
+    )
+
+
+def rendered_kinds() -> set[tuple[str, str]]:
+    """(apiGroup, plural) of every child the operator renders for the full sample."""
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "modelplane-operator"),
+            "render",
+            "-f",
+            str(REPO_ROOT / "crds" / "samples" / "full.yaml"),
+            "--assume-prometheus-operator",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    kinds = set()
+    for doc in yaml.safe_load_all(out.stdout):
+        if not doc:
+            continue
+        group = doc["apiVersion"].rpartition("/")[0]
+        kind = doc["kind"].lower()
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+        kinds.add((group, plural))
+    return kinds
+
+
+def test_lint_passes(helm: Path) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_rejects_unknown_values(helm: Path) -> None:
+    result = run_helm(helm, "template", "t", str(CHART), "--set", "replicaCount=2")
+    assert result.returncode != 0
+    assert "additional properties 'replicaCount' not allowed" in result.stderr
+
+
+def test_namespaced_mode_requires_namespaces(helm: Path) -> None:
+    result = run_helm(helm, "template", "t", str(CHART), "--set", "operator.clusterWide=false")
+    assert result.returncode != 0
+    assert "/operator/namespaces" in result.stderr
+
+
+def test_pod_security_is_restricted_by_default(helm: Path) -> None:
+    result = run_helm(helm, "template", "t", str(CHART))
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def adopt_kept_crd(cluster: Cluster, release: str, namespace: str) -> None:
+    """What charts/modelplane/README.md tells users to do before re-installing over a kept CRD."""
+    crd = "crd/modeldeployments.modelplane.io"
+    if cluster.kubectl("get", crd, check=False).returncode != 0:
+        return
+    cluster.kubectl(
+        "annotate",
+        crd,
+        "--overwrite",
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
+    cluster.kubectl("label", crd, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+
+
+@pytest.fixture(scope="module")
+def installed(helm: Path, cluster: Cluster) -> Iterator[tuple[Cluster, str, str]]:
+    namespace = f"modelplane-chart-{uuid.uuid4().hex[:6]}"
+    env = cluster.env
+    release = "mp"
+    adopt_kept_crd(cluster, release, namespace)
+    result = run_helm(
+        helm,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+        env=env,
+    )
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield cluster, namespace, f"{release}-modelplane"
+    finally:
+        run_helm(helm, "uninstall", release, "--namespace", namespace, env=env)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.mark.k8s
+def test_install_establishes_the_crd_and_runs_the_operator(
+    installed: tuple[Cluster, str, str],
+) -> None:
+    cluster, namespace, fullname = installed
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
+    )
+    deployment = json.loads(
+        cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout
+    )
+    assert deployment["status"].get("readyReplicas") == 1
+    explain = cluster.kubectl("explain", "modeldeployment.spec")
+    assert "accelerator" in explain.stdout
+
+
+@pytest.mark.k8s
+def test_rbac_covers_exactly_what_the_operator_writes(
+    installed: tuple[Cluster, str, str],
+) -> None:
+    cluster, namespace, fullname = installed
+    service_account = f"system:serviceaccount:{namespace}:{fullname}"
+
+    def can(verb: str, resource: str, subresource: str = "") -> bool:
+        # A SubjectAccessReview, not `kubectl auth can-i`: that needs the resource's CRD installed
+        # (ServiceMonitor's usually is not) to resolve the group.
+        plural, _, group = resource.partition(".")
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": service_account,
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                "resourceAttributes": {
+                    "namespace": "default",
+                    "verb": verb,
+                    "group": group,
+                    "resource": plural,
+                    "subresource": subresource,
+                },
+            },
+        }
+        out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
+        return bool(json.loads(out.stdout)["status"].get("allowed"))
+
+    kinds = rendered_kinds()
+    assert ("apps", "deployments") in kinds
+    for group, plural in kinds:
+        resource = f"{plural}.{group}" if group else plural
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert can(verb, resource), f"the operator cannot {verb} {resource}"
+    assert can("patch", "modeldeployments.modelplane.io", "status")
+    # Least privilege: nothing the operator never does.
+    assert not can("get", "secrets")
+    assert not can("create", "pods")
+    assert not can("delete", "modeldeployments.modelplane.io")
+    assert not can("create", "clusterroles.rbac.authorization.k8s.io")
+
+
+@pytest.mark.k8s
+def test_uninstall_keeps_the_crd(helm: Path, installed: tuple[Cluster, str, str]) -> None:
+    # Runs last in this module: it uninstalls the release the tests above share.
+    cluster, namespace, _ = installed
+    uninstall = run_helm(helm, "uninstall", "mp", "-n", namespace, "--wait", env=cluster.env)
+    assert uninstall.returncode == 0, uninstall.stderr
+    assert cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout == ""
+    crd = cluster.kubectl("get", "crd", "modeldeployments.modelplane.io", check=False)
+    assert crd.returncode == 0, "uninstall deleted the CRD (and with it every ModelDeployment)"
