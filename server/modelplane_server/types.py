@@ -1,8 +1,8 @@
 """The seam between the HTTP side and the engine side of the server.
 
-`app` (HTTP, protocol mapping, metrics) talks to the engines only through these types, and the engines
-know nothing of HTTP. The engines run torch on their own thread; everything here is plain data or an
-asyncio-facing protocol, so this module imports no torch.
+`app` (HTTP, protocol mapping, metrics) talks to the engines only through these types, and the
+engines know nothing of HTTP. The engines run torch on their own thread; everything here is plain
+data or an asyncio-facing protocol, so this module imports no torch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class FinishReason(enum.StrEnum):
-    """Why a sequence stopped. The first three are OpenAI's; the rest are ours and are documented."""
+    """Why a sequence stopped. The first three are OpenAI's; the rest are ours (documented)."""
 
     STOP = "stop"  # EOS, a stop string or a stop token id
     LENGTH = "length"  # max_tokens or the context window reached
@@ -154,7 +154,7 @@ class EngineStats:
 
 
 class EngineObserver(Protocol):
-    """Implemented by the metrics module; the engine calls it from its step thread, so keep it cheap."""
+    """Implemented by the metrics module; called from the engine's step thread: keep it cheap."""
 
     def on_step(self, stats: StepStats) -> None: ...
 
@@ -166,7 +166,7 @@ class EngineObserver(Protocol):
 
 
 class Tokenizing(Protocol):
-    """What the HTTP layer needs from the tokenizer (it runs on the event loop, so keep inputs small)."""
+    """What the HTTP layer needs from the tokenizer (on the event loop: keep inputs small)."""
 
     @property
     def model_id(self) -> str: ...
@@ -211,4 +211,4 @@ class EmbeddingEngine(Protocol):
     async def stop(self, drain_timeout_s: float) -> None: ...
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
-        """Embed texts (normalised), batched with other concurrent callers; returns (vectors, tokens)."""
+        """Embed texts (normalised), batched with concurrent callers; returns (vectors, tokens)."""
