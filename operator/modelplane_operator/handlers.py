@@ -23,13 +23,14 @@ import kopf
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
-from modelplane_operator.kube import Kube
+from modelplane_operator.kube import NOT_FOUND, Kube
 from modelplane_operator.models import GROUP, PLURAL, VERSION
 from modelplane_operator.reconcile import InvalidSpecError, Reconciler
 from modelplane_operator.render import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
 from modelplane_operator.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
+FORBIDDEN = 403
 MANAGED: dict[str, Any] = {
     LABEL_MANAGED_BY: FIELD_MANAGER,
     LABEL_INSTANCE: kopf.PRESENT,
@@ -99,15 +100,31 @@ async def cleanup(memo: Any, **_: Any) -> None:
         await context.client.close()
 
 
+def namespace_going_away(error: ApiError) -> bool:
+    """Whether the API refused because the namespace is terminating or gone (nothing to fix)."""
+    message = error.status.message or ""
+    terminating = error.status.code == FORBIDDEN and "is being terminated" in message
+    gone = error.status.code == NOT_FOUND and message.startswith("namespaces ")
+    return terminating or gone
+
+
 async def _reconcile(context: OperatorContext, namespace: str, name: str) -> None:
     try:
         await context.active.reconcile_key(namespace, name)
     except InvalidSpecError as error:
         raise kopf.PermanentError(f"invalid spec: {error}") from error
     except ApiError as error:
+        if namespace_going_away(error):
+            return  # garbage collection removes the ModelDeployment and its children
         raise kopf.TemporaryError(
             f"API error {error.status.code}: {error.status.message}",
             delay=context.settings.retry_delay_seconds,
+        ) from error
+    except Exception as error:
+        # Transport errors and non-Status HTTP errors (e.g. a kind that stopped being served
+        # between discovery and use) are transient too; kopf would otherwise retry after 60 s.
+        raise kopf.TemporaryError(
+            f"{type(error).__name__}: {error}", delay=context.settings.retry_delay_seconds
         ) from error
 
 

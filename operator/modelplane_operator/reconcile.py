@@ -213,6 +213,8 @@ class Reconciler:
             if body is None:
                 self.forget(namespace, name)
                 return None
+            if body["metadata"].get("deletionTimestamp"):
+                return None  # going away; owner references take the children with it
             return await self._measured(body)
 
     async def _measured(self, body: Object) -> Outcome:

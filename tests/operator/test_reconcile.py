@@ -1,0 +1,227 @@
+"""reconcile() and the Reconciler against an in-memory API (no cluster): what gets applied,
+deleted and written, the invalid-spec path, and the error policy of the handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import kopf
+import pytest
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
+
+from modelplane_operator import handlers, metrics
+from modelplane_operator.kube import Kube, is_subset
+from modelplane_operator.reconcile import InvalidSpecError, Reconciler, reconcile
+from modelplane_operator.render import LABEL_MANAGED_BY
+from modelplane_operator.settings import OperatorSettings
+
+UID = "11111111-2222-3333-4444-555555555555"
+Key = tuple[str, str, str]
+
+
+class FakeKube:
+    """Just enough of `Kube` to run reconcile: objects in a dict, writes in a list."""
+
+    def __init__(self, body: dict[str, Any], prometheus: bool = False) -> None:
+        self.body = body
+        self.prometheus = prometheus
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.writes: list[str] = []
+
+    async def crd_installed(self, name: str) -> bool:
+        return self.prometheus
+
+    async def get(self, api_version: str, kind: str, name: str, namespace: str) -> Any:
+        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        metadata = manifest["metadata"]
+        self.objects[(manifest["kind"], metadata["namespace"], metadata["name"])] = copy.deepcopy(
+            manifest
+        )
+        self.writes.append(f"apply {manifest['kind']}")
+        return copy.deepcopy(manifest)
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        self.objects.pop((kind, namespace, name), None)
+        self.writes.append(f"delete {kind}")
+
+    async def list_children(
+        self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(item)
+            for (item_kind, item_namespace, _), item in self.objects.items()
+            if item_kind == kind
+            and item_namespace == namespace
+            and is_subset(labels, item["metadata"].get("labels", {}))
+        ]
+
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        return []
+
+    async def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        await asyncio.sleep(0)  # a real read suspends; bursts of triggers overlap here
+        return copy.deepcopy(self.body)
+
+    async def apply_status(self, name: str, namespace: str, status: dict[str, Any]) -> None:
+        self.body["status"] = copy.deepcopy(status)
+        self.writes.append("status")
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "demo", "namespace": "models", "uid": UID, "generation": 1},
+        "spec": {"model": {"uri": "hf://org/model"}, **spec},
+    }
+
+
+def kinds(fake: FakeKube) -> set[str]:
+    return {kind for kind, _, _ in fake.objects}
+
+
+async def test_first_reconcile_applies_children_and_writes_status() -> None:
+    fake = FakeKube(body(replicas=2))
+    outcome = await reconcile(as_kube(fake), fake.body)
+    assert kinds(fake) == {"Deployment", "Service", "PodDisruptionBudget"}
+    assert outcome.status_written
+    status = fake.body["status"]
+    assert status["observedGeneration"] == 1
+    assert status["ready"] == "0/2"
+    assert status["url"] == "http://demo.models.svc/v1"
+    assert status["resolved"]["desiredReplicas"] == 2
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready",
+        "Progressing",
+        "PodsHealthy",
+        "AutoscalerReady",
+        "MonitoringReady",
+    ]
+
+
+async def test_converged_reconcile_writes_nothing() -> None:
+    fake = FakeKube(body(replicas=2))
+    await reconcile(as_kube(fake), fake.body)
+    fake.writes.clear()
+    outcome = await reconcile(as_kube(fake), fake.body)
+    assert outcome.writes == 0
+    assert fake.writes == []
+
+
+async def test_children_no_longer_wanted_are_deleted_but_only_our_own() -> None:
+    fake = FakeKube(body(autoscaling={"maxReplicas": 3, "targetQueueDepth": 2}))
+    await reconcile(as_kube(fake), fake.body)
+    assert "HorizontalPodAutoscaler" in kinds(fake)
+    stranger = copy.deepcopy(fake.objects[("HorizontalPodAutoscaler", "models", "demo")])
+    stranger["metadata"]["name"] = "someone-elses"
+    stranger["metadata"]["ownerReferences"][0]["uid"] = "other"
+    fake.objects[("HorizontalPodAutoscaler", "models", "someone-elses")] = stranger
+    fake.body["spec"]["suspend"] = True
+    outcome = await reconcile(as_kube(fake), fake.body)
+    assert sorted(outcome.deleted) == ["HorizontalPodAutoscaler/demo", "PodDisruptionBudget/demo"]
+    assert ("HorizontalPodAutoscaler", "models", "someone-elses") in fake.objects
+    assert fake.objects[("Deployment", "models", "demo")]["spec"]["replicas"] == 0
+    labels = fake.objects[("Deployment", "models", "demo")]["metadata"]["labels"]
+    assert labels[LABEL_MANAGED_BY] == "modelplane-operator"
+
+
+async def test_invalid_spec_becomes_a_condition_and_an_error() -> None:
+    fake = FakeKube(body(replicas=1, autoscaling={"maxReplicas": 2, "targetQueueDepth": 1}))
+    with pytest.raises(InvalidSpecError, match=r"spec\.replicas and spec\.autoscaling"):
+        await reconcile(as_kube(fake), fake.body)
+    (ready,) = fake.body["status"]["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
+    assert fake.objects == {}
+
+
+async def test_reconciler_coalesces_bursts_and_counts_metrics() -> None:
+    fake = FakeKube(body())
+    reconciler = Reconciler(as_kube(fake))
+    before = metrics.RECONCILES.labels(result="success")._value.get()
+    outcomes = await asyncio.gather(*(reconciler.reconcile_key("models", "demo") for _ in range(5)))
+    ran = [outcome for outcome in outcomes if outcome is not None]
+    # One runs, one waits; the other three are already covered by the waiting one.
+    assert len(ran) == 2
+    assert metrics.RECONCILES.labels(result="success")._value.get() == before + 2
+    assert metrics.MANAGED.labels(ready="False")._value.get() >= 1
+    reconciler.forget("models", "demo")
+
+
+async def test_deleted_or_deleting_resources_are_left_to_garbage_collection() -> None:
+    fake = FakeKube(body())
+    fake.body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert await Reconciler(as_kube(fake)).reconcile_key("models", "demo") is None
+    assert fake.writes == []
+
+
+def api_error(code: int, message: str) -> ApiError:
+    return ApiError(status=Status(code=code, message=message))
+
+
+class FailingReconciler:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def reconcile_key(self, namespace: str, name: str) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (InvalidSpecError("spec.replicas: bad"), kopf.PermanentError),
+        (api_error(500, "etcd timeout"), kopf.TemporaryError),
+        (api_error(409, "conflict"), kopf.TemporaryError),
+        (
+            api_error(
+                403, "unable to create new content in namespace x because it is being terminated"
+            ),
+            None,
+        ),
+        (api_error(404, 'namespaces "x" not found'), None),
+    ],
+)
+async def test_handler_error_policy(error: Exception, expected: type[Exception] | None) -> None:
+    context = handlers.OperatorContext(settings=OperatorSettings(retry_delay_seconds=2))
+    context.reconciler = FailingReconciler(error)  # type: ignore[assignment]
+    memo = kopf.Memo(context=context)
+    if expected is None:
+        await handlers.reconcile_model_deployment(memo=memo, namespace="ns", name="demo")
+        return
+    with pytest.raises(expected) as raised:
+        await handlers.reconcile_model_deployment(memo=memo, namespace="ns", name="demo")
+    if isinstance(raised.value, kopf.TemporaryError):
+        assert raised.value.delay == 2
+
+
+class ConflictOnce:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def patch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise api_error(409, "the object has been modified")
+        return FakeResult()
+
+
+class FakeResult:
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "Service"}
+
+
+async def test_conflicts_are_retried_quickly_in_one_place() -> None:
+    client = ConflictOnce()
+    kube = Kube(client, conflict_delay_seconds=0)  # type: ignore[arg-type]
+    manifest = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "b"}}
+    assert await kube.apply(manifest) == {"kind": "Service"}
+    assert client.calls == 2
+
+
+def as_kube(fake: FakeKube) -> Kube:
+    return fake  # type: ignore[return-value]
