@@ -33,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "serve_command",
         "serve the OpenAI-compatible API (default)",
     ),
+    "bench": (
+        "modelplane_server.loadtest",
+        "bench_command",
+        "load-test an OpenAI-compatible endpoint (imports no torch)",
+    ),
 }
 
 
