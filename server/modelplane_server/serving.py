@@ -57,6 +57,7 @@ from modelplane_server.types import (
     GenerationDelta,
     GenerationEngine,
     GenerationRequest,
+    InvalidRequestError,
     NotAcceptingError,
     PromptTooLongError,
     QueueFullError,
@@ -88,8 +89,9 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def engine_error(error: EngineError) -> ApiError:
-    """The one place engine admission errors become HTTP statuses."""
+def engine_error(error: EngineError, input_param: str = "prompt") -> ApiError:
+    """The one place engine admission errors become HTTP statuses; `input_param` names the field
+    that held the input (`prompt`, `messages`, `input`)."""
     if isinstance(error, QueueFullError):
         return ApiError(
             429,
@@ -100,10 +102,12 @@ def engine_error(error: EngineError) -> ApiError:
         )
     if isinstance(error, PromptTooLongError):
         return invalid(
-            "prompt",
-            f"{error} (this model's context is {error.limit} tokens)",
+            input_param,
+            f"{error} (the limit is {error.limit} tokens)",
             code="context_length_exceeded",
         )
+    if isinstance(error, InvalidRequestError):
+        return invalid(input_param, str(error))
     if isinstance(error, NotAcceptingError):
         return unavailable(f"The server is not accepting work: {error}", 1.0, "not_accepting")
     return ApiError(500, f"The engine failed: {error}", type=ErrorType.SERVER, code="engine_error")
@@ -230,6 +234,7 @@ class Serving:
         prompt_token_ids: list[int],
         max_tokens: int,
         id_prefix: str,
+        input_param: str,
     ) -> _Generation:
         now = time.monotonic()
         request = GenerationRequest(
@@ -251,7 +256,7 @@ class Serving:
                 await close_quietly(iterator)
             self.lifecycle.generation_finished()
             if isinstance(error, EngineError):
-                raise engine_error(error) from error
+                raise engine_error(error, input_param) from error
             if isinstance(error, StopAsyncIteration):
                 raise ApiError(
                     500, "The engine ended the stream without a result.", type=ErrorType.SERVER
@@ -279,6 +284,7 @@ class Serving:
             prompt_token_ids=prompt_ids,
             max_tokens=max_tokens,
             id_prefix="cmpl",
+            input_param="prompt",
         )
         headers = {"X-Request-Id": generation.request_id}
         if body.stream:
@@ -314,6 +320,7 @@ class Serving:
             prompt_token_ids=prompt_ids,
             max_tokens=max_tokens,
             id_prefix="chatcmpl",
+            input_param="messages",
         )
         headers = {"X-Request-Id": generation.request_id}
         if body.stream:
@@ -336,12 +343,12 @@ class Serving:
     # --- embeddings ----------------------------------------------------------------------------
 
     async def _embed(
-        self, raw: Request, engine: EmbeddingEngine, texts: Sequence[str]
+        self, raw: Request, engine: EmbeddingEngine, texts: Sequence[str], input_param: str
     ) -> tuple[list[list[float]], int]:
         try:
             return await until_disconnected(raw.receive, engine.embed(texts))
         except EngineError as error:
-            raise engine_error(error) from error
+            raise engine_error(error, input_param) from error
 
     async def embeddings(self, body: EmbeddingRequest, raw: Request) -> EmbeddingResponse:
         engine = self._embedding_engine(body.model)
@@ -352,7 +359,7 @@ class Serving:
                 f"This model's embeddings have {engine.dimensions} dimensions; "
                 f"got dimensions={body.dimensions}.",
             )
-        vectors, tokens = await self._embed(raw, engine, texts)
+        vectors, tokens = await self._embed(raw, engine, texts, "input")
         encode = _base64_floats if body.encoding_format == "base64" else list
         return EmbeddingResponse(
             data=[Embedding(index=i, embedding=encode(v)) for i, v in enumerate(vectors)],
@@ -364,7 +371,7 @@ class Serving:
         engine = self._embedding_engine(body.model)
         queries = body.queries if body.queries is not None else body.texts
         unique = list(dict.fromkeys([*queries, *body.texts]))
-        vectors, tokens = await self._embed(raw, engine, unique)
+        vectors, tokens = await self._embed(raw, engine, unique, "texts")
         matrix = cosine_matrix(
             [vectors[unique.index(q)] for q in queries],
             [vectors[unique.index(t)] for t in body.texts],
