@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace",
         action="append",
         default=None,
-        help="watch only this namespace (repeat for more); default: the whole cluster",
+        help="watch only this namespace or glob (repeat for more); default: the whole cluster",
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
     show = commands.add_parser("render", help="print the children of a ModelDeployment as YAML")

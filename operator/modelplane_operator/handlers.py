@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,18 +160,31 @@ for _group_version, _plural in WATCHED_CHILDREN:
     kopf.on.event(_group_version, _plural, labels=MANAGED, registry=registry)(child_changed)
 
 
+def _listing_scopes(patterns: list[str]) -> list[str | None]:
+    """Namespaces to list for a resync: each plain name, or everything (None) for a glob."""
+    if not patterns or any(char in pattern for pattern in patterns for char in "*?["):
+        return [None]
+    return list(patterns)
+
+
+def _watched(namespace: str, patterns: list[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in patterns)
+
+
 async def _resync_forever(context: OperatorContext, logger: Any) -> None:
-    namespaces: list[str | None] = list(context.settings.namespaces) or [None]
+    patterns = list(context.settings.namespaces)
     while True:
         await asyncio.sleep(context.settings.resync_seconds)
-        for namespace in namespaces:
+        for scope in _listing_scopes(patterns):
             try:
-                bodies = await context.active.kube.list_model_deployments(namespace)
+                bodies = await context.active.kube.list_model_deployments(scope)
             except ApiError as error:
                 logger.warning(f"resync could not list ModelDeployments: {error}")
                 continue
             for body in bodies:
                 metadata = body["metadata"]
+                if not _watched(metadata["namespace"], patterns):
+                    continue
                 try:
                     await _reconcile(context, metadata["namespace"], metadata["name"])
                 except (kopf.PermanentError, kopf.TemporaryError) as error:

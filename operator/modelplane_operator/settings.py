@@ -22,7 +22,8 @@ class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELPLANE_OPERATOR_", frozen=True)
 
     namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces to watch; empty means the whole cluster."
+        default_factory=list,
+        description="Namespaces (or globs such as team-*) to watch; empty: the whole cluster.",
     )
     resync_seconds: float = Field(
         default=60.0, gt=0, description="How often every ModelDeployment is re-reconciled (drift)."

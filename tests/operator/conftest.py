@@ -1,13 +1,13 @@
 """Fixtures for operator tests: the CRD installed in the test cluster and an in-process operator.
 
 The operator runs exactly as `modelplane-operator run` does (same registry, settings and memo) in a
-thread of this process, cluster-wide, one per test module, with short resync and retry delays.
+thread of this process, one per test module, watching only the tests' namespaces (`test-*`:
+tests/conftest.py names them after the test), with short resync and retry delays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,21 +23,16 @@ from testsupport import Cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
-SERVICE_MONITOR_CRD_FILE = Path(__file__).parent / "servicemonitor-crd.yaml"
-
-
-def install_crd(cluster: Cluster, path: Path) -> None:
-    """Server-side apply a CRD and wait until the apiserver serves it."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    name = json.loads(
-        cluster.kubectl("create", "--dry-run=client", "-o", "json", "-f", str(path)).stdout
-    )["metadata"]["name"]
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+TEST_NAMESPACES = "test-*"
 
 
 @pytest.fixture(scope="session")
 def modeldeployment_crd(cluster: Cluster) -> None:
-    install_crd(cluster, CRD_FILE)
+    """The CRD, server-side applied (idempotent) and established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
+    )
 
 
 @dataclass
@@ -48,8 +43,13 @@ class RunningOperator:
 
 @pytest.fixture(scope="module")
 def running_operator(cluster: Cluster, modeldeployment_crd: None) -> Iterator[RunningOperator]:
+    # Not cluster-wide: ModelDeployments outside the tests' namespaces (a demo's) are not ours.
     settings = OperatorSettings(
-        resync_seconds=3, retry_delay_seconds=1, metrics_port=0, health_port=0
+        namespaces=[TEST_NAMESPACES],
+        resync_seconds=3,
+        retry_delay_seconds=1,
+        metrics_port=0,
+        health_port=0,
     )
     context = handlers.OperatorContext(settings=settings)
     ready, stop = threading.Event(), threading.Event()
@@ -63,7 +63,7 @@ def running_operator(cluster: Cluster, modeldeployment_crd: None) -> Iterator[Ru
                     settings=kopf_settings(settings),
                     memo=kopf.Memo(context=context),
                     standalone=True,
-                    clusterwide=True,
+                    namespaces=settings.namespaces,
                     ready_flag=ready,
                     stop_flag=stop,
                 )
