@@ -4,5 +4,5 @@ set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 
-.venv/bin/python -m modelplane_operator.crd > crds/modeldeployments.modelplane.io.yaml
+"${VENV}/bin/python" -m modelplane_operator.crd > crds/modeldeployments.modelplane.io.yaml
 log "wrote crds/modeldeployments.modelplane.io.yaml"

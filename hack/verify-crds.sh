@@ -6,7 +6,7 @@ source hack/lib.sh
 
 generated="$(mktemp -d)"
 trap 'rm -rf "${generated}"' EXIT
-.venv/bin/python -m modelplane_operator.crd > "${generated}/modeldeployments.modelplane.io.yaml"
+"${VENV}/bin/python" -m modelplane_operator.crd > "${generated}/modeldeployments.modelplane.io.yaml"
 if ! diff -u crds/modeldeployments.modelplane.io.yaml "${generated}/modeldeployments.modelplane.io.yaml"; then
   die "crds/ is stale: run hack/update-crds.sh"
 fi
