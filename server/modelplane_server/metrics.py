@@ -66,6 +66,11 @@ class _EngineStateCollector(Collector):
         waiting = GaugeMetricFamily(
             f"{PREFIX}_num_requests_waiting", "Generation requests queued for a batch slot."
         )
+        queue_depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth",
+            "Generation requests queued (the same value as num_requests_waiting); the operator's "
+            "HPA scales on its per-replica average (docs/server-contract.md).",
+        )
         waiting_tokens = GaugeMetricFamily(
             f"{PREFIX}_num_waiting_prompt_tokens", "Prompt tokens of the queued requests."
         )
@@ -73,9 +78,10 @@ class _EngineStateCollector(Collector):
         if stats is not None:
             running.add_metric([], stats.running)
             waiting.add_metric([], stats.waiting)
+            queue_depth.add_metric([], stats.waiting)
             waiting_tokens.add_metric([], stats.waiting_prompt_tokens)
             steps.add_metric([], stats.steps_total)
-        yield from (running, waiting, waiting_tokens, steps)
+        yield from (running, waiting, queue_depth, waiting_tokens, steps)
         ready = GaugeMetricFamily(
             f"{PREFIX}_server_ready", "1 when the models are loaded and the server admits work."
         )

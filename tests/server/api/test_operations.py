@@ -33,6 +33,7 @@ async def test_a_full_queue_answers_429_with_retry_after_at_once() -> None:
         started = time.perf_counter()
         rejected = await served.client.post("/v1/completions", json=COMPLETION)
         elapsed = time.perf_counter() - started
+        while_full = (await served.client.get("/metrics")).text
         engine.resume()
         accepted = await asyncio.gather(*queued)
         metrics = (await served.client.get("/metrics")).text
@@ -43,6 +44,8 @@ async def test_a_full_queue_answers_429_with_retry_after_at_once() -> None:
     assert elapsed < 0.5, f"the 429 took {elapsed * 1000:.1f} ms"
     assert [response.status_code for response in accepted] == [200, 200]
     assert 'modelplane_admission_rejections_total{reason="queue_full"} 1.0' in metrics
+    assert sample(while_full, "modelplane_num_requests_waiting") == 2
+    assert sample(while_full, "modelplane_queue_depth") == 2
 
 
 async def test_a_request_that_waits_past_the_queue_timeout_gets_504() -> None:
@@ -216,6 +219,7 @@ async def test_drain_timeout_ends_the_rest_with_abort() -> None:
 DOCUMENTED_METRICS = [
     "modelplane_num_requests_running",
     "modelplane_num_requests_waiting",
+    "modelplane_queue_depth",
     "modelplane_num_waiting_prompt_tokens",
     "modelplane_engine_steps_total",
     "modelplane_server_ready",

@@ -328,6 +328,7 @@ def test_the_drain_timeout_ends_the_rest_with_abort(tmp_path: Path, tiny_llama_d
     assert '"finish_reason":"abort"' in chunks[-2]
 
 
+@pytest.mark.timeout(600)  # dequantising the GGUF takes minutes on a busy 2-core machine
 def test_the_embedded_smollm2_knows_the_capital_of_france(tmp_path: Path) -> None:
     with running_server(tmp_path, "--embedding-model=none", startup_timeout_s=300) as server:
         with openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as client:
