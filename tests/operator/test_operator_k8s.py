@@ -350,7 +350,7 @@ def test_suspend_scales_to_zero_and_keeps_the_objects(cluster: Cluster, namespac
     wait_condition(cluster, namespace, "qwen-chat", "Ready", "True", reason="Suspended")
     deployment = get(cluster, namespace, "deployment", "qwen-chat") or {}
     assert deployment["spec"]["replicas"] == 0
-    assert pods(cluster, namespace, "qwen-chat") == []
+    wait_for(lambda: pods(cluster, namespace, "qwen-chat") == [], timeout=TIMEOUT, what="no pods")
     assert get(cluster, namespace, "service", "qwen-chat") is not None
     assert get(cluster, namespace, "hpa", "qwen-chat") is None
     assert get(cluster, namespace, "pdb", "qwen-chat") is None
