@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("render", help="print the children of a ModelDeployment as YAML")
     show.add_argument("-f", "--filename", required=True, type=Path, help="ModelDeployment YAML")
     show.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of the children (default: the resource's own, else 'default')",
+    )
+    show.add_argument(
         "--assume-prometheus-operator",
         action="store_true",
         help="render the ServiceMonitor as if its CRD were installed",
@@ -46,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def render_file(path: Path, prometheus_operator: bool) -> str:
+def render_file(path: Path, prometheus_operator: bool, namespace: str | None = None) -> str:
     """Every child manifest of the ModelDeployment(s) in `path`, as a YAML stream."""
     documents: list[dict[str, Any]] = []
     for body in yaml.safe_load_all(path.read_text()):
@@ -58,7 +63,7 @@ def render_file(path: Path, prometheus_operator: bool) -> str:
         spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
         owner = Owner(
             name=metadata["name"],
-            namespace=metadata.get("namespace", "default"),
+            namespace=namespace or metadata.get("namespace", "default"),
             uid=metadata.get("uid"),
         )
         documents += render(owner, spec, RenderOptions(prometheus_operator)).children
@@ -100,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if arguments.command == "render":
         try:
-            sys.stdout.write(render_file(arguments.filename, arguments.assume_prometheus_operator))
+            rendered = render_file(
+                arguments.filename, arguments.assume_prometheus_operator, arguments.namespace
+            )
+            sys.stdout.write(rendered)
         except (ValidationError, ValueError, OSError) as error:
             sys.stderr.write(f"modelplane-operator render: {error}\n")
             return 1

@@ -8,6 +8,7 @@ the operator, the scheduler's GPU placement and the controllers, not the inferen
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any, cast
@@ -371,3 +372,42 @@ def test_deleting_the_resource_removes_every_child(cluster: Cluster, namespace: 
             what=f"{kind} garbage-collected",
         )
     wait_for(lambda: pods(cluster, namespace, "qwen-chat") == [], timeout=TIMEOUT, what="no pods")
+
+
+def test_pods_pass_the_restricted_pod_security_standard(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    apply(cluster, namespace, sample("minimal"))  # hf:// adds the download init container
+    wait_condition(cluster, namespace, "smollm2", "Ready", "True", reason="Serving")
+
+
+def test_rendered_children_are_valid_kubernetes_objects(cluster: Cluster, namespace: str) -> None:
+    rendered = subprocess.run(
+        ["modelplane-operator", "render", "-n", namespace, "-f", str(SAMPLES / "full.yaml")],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered
+    )
+    assert result.stdout.count("created (server dry run)") == 5
+
+
+def test_unwatched_children_are_restored_by_the_resync(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, sample("full"))
+    wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
+    uid = (get(cluster, namespace, "networkpolicy", "qwen-chat") or {})["metadata"]["uid"]
+    cluster.kubectl("delete", "networkpolicy", "qwen-chat", "-n", namespace)
+    wait_for(
+        lambda: (
+            (get(cluster, namespace, "networkpolicy", "qwen-chat") or {})
+            .get("metadata", {})
+            .get("uid")
+            not in (None, uid)
+        ),
+        timeout=TIMEOUT,
+        what="deleted NetworkPolicy recreated by the resync",
+    )
