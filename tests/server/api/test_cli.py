@@ -3,6 +3,7 @@ exit 2, the engine configurations follow, and nothing on this path imports torch
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,10 @@ from modelplane_server import cli
 from modelplane_server.settings import ServerSettings
 from modelplane_server.types import EmbeddingConfig, GenerationConfig
 
-CONTRACT_FLAGS = [
-    "--host", "--port", "--model", "--gguf-file", "--served-model-name", "--embedding-model",
-    "--dtype", "--device", "--max-batch-size", "--max-batch-tokens", "--max-wait-ms",
-    "--embedding-max-batch-size", "--max-queue", "--max-queue-tokens", "--queue-timeout-s",
-    "--request-timeout-s", "--drain-timeout-s", "--liveness-stall-s", "--api-key-file",
-]  # fmt: skip
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+CONTRACT = (DOCS / "server-contract.md").read_text(encoding="utf-8")
+# `| `--flag` | meaning | `default` |` rows of the contract's flag table.
+FLAG_ROWS = re.findall(r"^\| `(--[a-z0-9-]+)`.*\| (.+) \|$", CONTRACT, flags=re.MULTILINE)
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +26,30 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"MODELPLANE_{name.upper()}", raising=False)
 
 
-def test_every_contract_flag_exists_and_the_key_is_not_a_flag() -> None:
-    options = {option for action in cli.build_parser()._actions for option in action.option_strings}
-    assert set(CONTRACT_FLAGS) <= options
+def test_the_flags_are_the_contracts_and_the_key_is_not_a_flag() -> None:
+    options = {
+        option
+        for action in cli.build_parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    documented = {flag for flag, _ in FLAG_ROWS}
+    assert len(documented) > 15
+    assert documented == options
     assert "--api-key" not in options  # a key on the command line shows up in `ps`
+
+
+@pytest.mark.parametrize(("flag", "default"), FLAG_ROWS)
+def test_documented_defaults_are_the_settings_defaults(flag: str, default: str) -> None:
+    documented = re.fullmatch(r"`(.*)`", default.strip())
+    if documented is None:  # "empty", "none", "derived from the model"
+        assert default.strip() in {"empty", "none", "derived from the model"}
+        return
+    name = flag.removeprefix("--").replace("-", "_")
+    actual = ServerSettings.model_fields[name].default
+    if isinstance(actual, float) and actual.is_integer():
+        actual = int(actual)  # the table writes 60, the field holds 60.0
+    assert str(actual) == documented.group(1), (flag, actual)
 
 
 def test_defaults_match_the_contract() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from modelplane_server.metrics import Metrics
+
 from .fakes import FakeGenerationEngine
 from .helpers import assert_openai_error, eventually, serve
 
@@ -346,3 +348,16 @@ async def test_embeddings_can_be_disabled() -> None:
     error = assert_openai_error(response, 404, "model")
     assert "disabled" in error["message"]
     assert [m["id"] for m in models.json()["data"]] == ["fake-llm"]
+
+
+def test_docs_list_exactly_the_exposed_metrics() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "server.md").read_text()
+    rows = [line for line in docs.splitlines() if line.startswith("| `modelplane_")]
+    documented = {name for row in rows for name in re.findall(r"`(modelplane_[a-z0-9_]+)", row)}
+    metrics = Metrics()
+    exposed = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in metrics.registry.collect()
+        if family.name.startswith("modelplane_")
+    }
+    assert documented == exposed

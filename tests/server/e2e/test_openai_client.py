@@ -126,7 +126,7 @@ def test_streaming_chat_arrives_incrementally(client: openai.OpenAI) -> None:
 
 def test_embeddings_and_similarity(client: openai.OpenAI, tiny_server: ServerProcess) -> None:
     [embedding_model] = [
-        m.id for m in client.models.list() if m.model_extra.get("kind") == "embedding"
+        m.id for m in client.models.list() if (m.model_extra or {}).get("kind") == "embedding"
     ]
     # The openai client asks for base64 and decodes it: this checks our encoding too.
     response = client.embeddings.create(
