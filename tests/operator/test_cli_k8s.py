@@ -1,9 +1,11 @@
-"""`modelplane-operator run` as a real process: it reconciles, serves /healthz and /metrics on the
-ports its settings name, and stops cleanly on SIGTERM. (No in-process operator in this module, so
-the two never share a namespace.)"""
+"""`modelplane-operator run` as a real process, under the least-privilege RBAC of
+operator-rbac.yaml (a ServiceAccount token, not the admin): it reconciles, serves /healthz and
+/metrics on the ports its settings name, and stops cleanly on SIGTERM. (No in-process operator in
+this module, so the two never share a namespace.)"""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -18,7 +20,8 @@ from testsupport import Cluster, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("modeldeployment_crd")]
 
-MINIMAL = Path(__file__).resolve().parents[2] / "crds" / "samples" / "minimal.yaml"
+SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
+RBAC = Path(__file__).parent / "operator-rbac.yaml"
 
 
 def free_port() -> int:
@@ -28,12 +31,35 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def service_account_kubeconfig(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Path]:
+    """A kubeconfig that authenticates as a ServiceAccount bound to operator-rbac.yaml only."""
+    binding = f"{namespace}-operator"
+    cluster.kubectl("apply", "-f", str(RBAC))
+    cluster.kubectl("create", "serviceaccount", "operator", "-n", namespace)
+    cluster.kubectl(
+        "create", "clusterrolebinding", binding, "--clusterrole=modelplane-operator-test",
+        f"--serviceaccount={namespace}:operator",
+    )  # fmt: skip
+    token = cluster.kubectl("create", "token", "operator", "-n", namespace).stdout.strip()
+    config = json.loads(cluster.kubectl("config", "view", "--raw", "-o", "json").stdout)
+    for user in config["users"]:
+        user["user"] = {"token": token}
+    path = tmp_path / "operator.kubeconfig"
+    path.write_text(json.dumps(config))
+    try:
+        yield path
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
+
+
+@pytest.fixture
 def operator_process(
-    cluster: Cluster, namespace: str, tmp_path: Path
+    cluster: Cluster, namespace: str, tmp_path: Path, service_account_kubeconfig: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
     metrics_port, health_port = free_port(), free_port()
     env = {
         **cluster.env,
+        "KUBECONFIG": str(service_account_kubeconfig),
         "MODELPLANE_OPERATOR_METRICS_PORT": str(metrics_port),
         "MODELPLANE_OPERATOR_HEALTH_PORT": str(health_port),
     }
@@ -62,13 +88,15 @@ def test_console_script_reconciles_and_exposes_health_and_metrics(
     cluster: Cluster,
     namespace: str,
     operator_process: tuple[subprocess.Popen[bytes], int, int],
+    tmp_path: Path,
 ) -> None:
     process, metrics_port, health_port = operator_process
     wait_for(lambda: http_ok(f"http://127.0.0.1:{health_port}/healthz"), what="/healthz")
-    cluster.kubectl("apply", "-n", namespace, "-f", str(MINIMAL))
+    # The full sample makes every kind of child, so every rule of the role is exercised.
+    cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "full.yaml"))
     wait_for(
         lambda: cluster.kubectl(
-            "get", "md", "smollm2", "-n", namespace,
+            "get", "md", "qwen-chat", "-n", namespace,
             "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
         ).stdout
         == "True",
@@ -85,3 +113,5 @@ def test_console_script_reconciles_and_exposes_health_and_metrics(
     assert "modelplane_operator_reconcile_duration_seconds_bucket" in text
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+    log = (tmp_path / "operator.log").read_text()
+    assert "forbidden" not in log.lower(), log
