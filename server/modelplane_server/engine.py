@@ -5,9 +5,9 @@ The asyncio side (`generate`, the streams, `stop`) and one dedicated step thread
 - `generate()` admits synchronously into a bounded priority queue (by requests and by prompt tokens)
   and returns a stream. The event loop never runs torch.
 - The step thread repeats: apply cancellations and deadlines, admit queued sequences while the
-  step's token budget (padded prefill tokens + one decode token per running row) and
-  `max_batch_size` allow, prefill the newcomers as one mini-batch, then decode one token for every
-  running row; finished rows leave at once, so a freed slot is reused at the very next step.
+  step's token budget (prompt tokens + one decode token per running row) and `max_batch_size`
+  allow, prefill the newcomers, then decode one token for every running row (newcomers included);
+  finished rows leave at once, so a freed slot is reused at the very next step.
 - Each step's tokens go to the streams in one `loop.call_soon_threadsafe` per event loop. Streams
   detokenise on the event loop and look for stop strings there (off the step thread); a stream that
   finds one, or is closed or cancelled by its consumer, tells the step thread, which frees the row
@@ -17,7 +17,8 @@ The runner behind the `StepRunner` protocol does the torch work (`runner.CausalL
 a fake one. Documented choices:
 
 - A prompt must leave room for one generated token: `len(prompt) >= context_length` is rejected with
-  `PromptTooLongError`; otherwise `max_tokens` is capped to what fits and the cap ends with LENGTH.
+  `PromptTooLongError` (its `limit` is the context length); otherwise `max_tokens` is capped to what
+  fits and the cap ends with LENGTH.
 - A prompt whose prefill alone exceeds `max_batch_tokens` is still admitted, alone in its step (the
   prefill is not chunked), so it delays the running rows once instead of waiting forever.
 - The EOS or stop token that ends a sequence counts in `completion_tokens` and `token_ids` but never
@@ -248,7 +249,7 @@ class ContinuousBatchingEngine:
             raise PromptTooLongError(
                 f"the prompt has {prompt_tokens} tokens; the model's context is {context} tokens "
                 "and at least one must remain for the completion",
-                limit=context - 1,
+                limit=context,
             )
         loop = asyncio.get_running_loop()
         stop_ids = frozenset(params.stop_token_ids)
@@ -380,7 +381,7 @@ class ContinuousBatchingEngine:
         budget = config.max_batch_tokens - len(self._running)
         free_rows = config.max_batch_size - len(self._running)
         admitted: list[_Sequence] = []
-        width = 0
+        cost = 0
         with self._lock:
             while self._waiting and len(admitted) < free_rows:
                 sequence = self._waiting[0][2]
@@ -389,9 +390,9 @@ class ContinuousBatchingEngine:
                         self._waiting
                     )  # finished while queued; its counts are already off
                     continue
-                new_width = max(width, sequence.prompt_tokens)
-                # A padded prefill costs each newcomer the longest prompt, plus its first decode.
-                cost = (len(admitted) + 1) * (new_width + 1)
+                # A newcomer costs its prompt plus its first decode token. The runner groups
+                # prompts by length, so padding stays small and is not counted.
+                cost += sequence.prompt_tokens + 1
                 if admitted and cost > budget:
                     break
                 heapq.heappop(self._waiting)
@@ -399,7 +400,6 @@ class ContinuousBatchingEngine:
                 self._waiting_tokens -= sequence.prompt_tokens
                 sequence.state = _State.RUNNING
                 admitted.append(sequence)
-                width = new_width
                 if cost > budget:
                     break
         return admitted

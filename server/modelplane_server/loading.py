@@ -192,6 +192,13 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _quiet_transformers() -> None:
+    """Turn off transformers' tqdm bars: a server reports progress as lines, via `progress`."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def _report(progress: Progress | None, message: str) -> None:
     if progress is not None:
         progress(message)
@@ -208,6 +215,7 @@ def load_generation_engine(
 
     from modelplane_server.runner import CausalLMRunner
 
+    _quiet_transformers()
     began = time.monotonic()
     embedded = embedded_generation_model() if not config.model else None
     source = resolve_source(config.model, config.gguf_file, embedded=embedded)
@@ -290,6 +298,7 @@ def load_embedding_engine(
 
     from modelplane_server.runner import SentenceEmbeddingRunner
 
+    _quiet_transformers()
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None
     source = resolve_source(

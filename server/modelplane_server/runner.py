@@ -4,10 +4,9 @@
 buffers (`[rows, kv_heads, columns, head_dim]` per layer) that all rows share column-wise:
 
 - every row's last token sits in the same column, so one decode step is one `[rows, 1]` forward that
-  writes one new column in place (no `torch.cat` of the whole cache per step, as in
-  `DynamicCache`);
-- newcomers are prefilled as their own left-padded mini-batch, then copied into free rows so that
-  their prompt ends at the shared last column (left padding, masked out);
+  writes one new column in place (no per-step `torch.cat` of the whole cache as in `DynamicCache`);
+- newcomers are prefilled in left-padded mini-batches of similar prompt length, then copied into
+  free rows so that their prompt ends at the shared last column (left padding, masked out);
 - finished rows leave by moving the last rows into their slots (only moved rows are copied), and the
   window's leading all-padding columns are dropped by moving a start index, not by copying.
 
@@ -33,6 +32,8 @@ from modelplane_server.types import SamplingParams
 
 _INITIAL_COLUMNS = 256
 _INITIAL_ROWS = 8
+# Most padding a prefill group may carry, as a fraction of its real prompt tokens.
+_PREFILL_PADDING_SLACK = 0.125
 
 
 class _Window:
@@ -96,6 +97,24 @@ def _prefilled_states(cache: DynamicCache) -> tuple[list[torch.Tensor], list[tor
     return keys, values
 
 
+def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped by similar length (shortest first), each group's padding within the slack."""
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    groups: list[list[int]] = []
+    real = 0
+    for index in order:
+        length = lengths[index]
+        if groups and (len(groups[-1]) + 1) * length <= (1 + _PREFILL_PADDING_SLACK) * (
+            real + length
+        ):
+            groups[-1].append(index)
+            real += length
+        else:
+            groups.append([index])
+            real = length
+    return groups
+
+
 def check_supported(config: Any) -> None:
     """Refuse models whose cache is not plain full attention (the padded window needs it)."""
     layer_types = getattr(config, "layer_types", None)
@@ -152,7 +171,29 @@ class CausalLMRunner:
         prompts: Sequence[Sequence[int]],
         params: Sequence[SamplingParams],
     ) -> list[int]:
-        """Prefill newcomers, add them to the running batch; return their first tokens."""
+        """Prefill newcomers, add them to the running batch; return their first tokens.
+
+        Prompts are prefilled in groups of similar length (one forward per group) so that padding
+        stays under `_PREFILL_PADDING_SLACK` of the real tokens: on CPU a padded token costs as much
+        as a real one, and one 128-token prompt would otherwise pad thirty 32-token ones to 128.
+        """
+        tokens = [0] * len(prompts)
+        for group in _length_groups([len(prompt) for prompt in prompts]):
+            group_tokens = self._prefill_group(
+                [seq_ids[index] for index in group],
+                [prompts[index] for index in group],
+                [params[index] for index in group],
+            )
+            for index, token in zip(group, group_tokens, strict=True):
+                tokens[index] = token
+        return tokens
+
+    def _prefill_group(
+        self,
+        seq_ids: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+    ) -> list[int]:
         lengths = [len(prompt) for prompt in prompts]
         width = max(lengths)
         input_ids = torch.zeros((len(prompts), width), dtype=torch.long)

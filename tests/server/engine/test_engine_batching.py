@@ -192,7 +192,7 @@ async def test_prompt_too_long_and_invalid_requests_are_rejected_at_submission()
     await engine.start()
     with pytest.raises(PromptTooLongError) as raised:
         engine.generate(request("long", "x" * 16))
-    assert raised.value.limit == 15
+    assert raised.value.limit == 16
     with pytest.raises(InvalidRequestError):
         engine.generate(request("empty", ""))
     with pytest.raises(InvalidRequestError):

@@ -19,6 +19,7 @@ import torch
 from engine_fakes import RecordingObserver, wait_until
 from transformers import AutoModelForCausalLM
 
+from modelplane_server import runner as runner_module
 from modelplane_server.engine import ContinuousBatchingEngine
 from modelplane_server.loading import load_generation_engine
 from modelplane_server.types import (
@@ -88,7 +89,15 @@ async def run_staggered(
     return list(await asyncio.gather(*(run(index, *job) for index, job in enumerate(jobs))))
 
 
-async def test_greedy_matches_generate_for_a_staggered_mixed_batch(tiny_llama_dir: Path) -> None:
+@pytest.mark.parametrize("small_buffers", [False, True], ids=["default-buffers", "tiny-buffers"])
+async def test_greedy_matches_generate_for_a_staggered_mixed_batch(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch, small_buffers: bool
+) -> None:
+    if small_buffers:
+        # Start the KV buffers at 1 row x 8 columns, so growing rows, growing columns, compacting
+        # the window and shifting it right for a longer newcomer all happen many times.
+        monkeypatch.setattr(runner_module, "_INITIAL_ROWS", 1)
+        monkeypatch.setattr(runner_module, "_INITIAL_COLUMNS", 8)
     observer = RecordingObserver()
     engine = load(str(tiny_llama_dir), observer, max_batch_size=4)
     rng = random.Random(3)  # noqa: S311 (reproducible test data, not cryptography)
