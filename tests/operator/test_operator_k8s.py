@@ -365,12 +365,12 @@ def test_deleting_the_resource_removes_every_child(cluster: Cluster, namespace: 
     apply(cluster, namespace, sample("full"))
     wait_condition(cluster, namespace, "qwen-chat", "Ready", "True")
     cluster.kubectl("delete", "md", "qwen-chat", "-n", namespace, "--wait=true", "--timeout=60s")
-    for kind in ("deployment", "service", "hpa", "pdb", "networkpolicy"):
-        wait_for(
-            lambda kind=kind: get(cluster, namespace, kind, "qwen-chat") is None,
-            timeout=TIMEOUT,
-            what=f"{kind} garbage-collected",
-        )
+    kinds = ("deployment", "service", "hpa", "pdb", "networkpolicy")
+    wait_for(
+        lambda: all(get(cluster, namespace, kind, "qwen-chat") is None for kind in kinds),
+        timeout=TIMEOUT,
+        what="every child garbage-collected",
+    )
     wait_for(lambda: pods(cluster, namespace, "qwen-chat") == [], timeout=TIMEOUT, what="no pods")
 
 

@@ -190,11 +190,13 @@ async def test_handler_error_policy(error: Exception, expected: type[Exception] 
     context = handlers.OperatorContext(settings=OperatorSettings(retry_delay_seconds=2))
     context.reconciler = FailingReconciler(error)  # type: ignore[assignment]
     memo = kopf.Memo(context=context)
+    # kopf's decorator types the handler as its full callback protocol; we pass what it reads.
+    handler: Any = handlers.reconcile_model_deployment
     if expected is None:
-        await handlers.reconcile_model_deployment(memo=memo, namespace="ns", name="demo")
+        await handler(memo=memo, namespace="ns", name="demo")
         return
     with pytest.raises(expected) as raised:
-        await handlers.reconcile_model_deployment(memo=memo, namespace="ns", name="demo")
+        await handler(memo=memo, namespace="ns", name="demo")
     if isinstance(raised.value, kopf.TemporaryError):
         assert raised.value.delay == 2
 
