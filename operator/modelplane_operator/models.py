@@ -61,6 +61,15 @@ def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
     }
 
 
+def _section(model: type[BaseModel], description: str) -> Any:
+    """An optional section of the spec: defaulted in pydantic and, spelt out, in the CRD."""
+    return Field(
+        default_factory=model,
+        json_schema_extra=_section_default(model),
+        description=description,
+    )
+
+
 def _section_default(model: type[BaseModel]) -> Callable[[dict[str, Any]], None]:
     """The CRD default of an optional section: its defaulted fields, spelt out in full.
 
@@ -514,15 +523,9 @@ class ModelDeploymentSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy."
     )
-    server: ServerConfig = Field(
-        default_factory=ServerConfig,
-        json_schema_extra=_section_default(ServerConfig),
-        description="Server batching and lifecycle knobs.",
-    )
-    accelerator: Accelerator = Field(
-        default_factory=Accelerator,
-        json_schema_extra=_section_default(Accelerator),
-        description="GPU type and count, CPU and memory per replica.",
+    server: ServerConfig = _section(ServerConfig, "Server batching and lifecycle knobs.")
+    accelerator: Accelerator = _section(
+        Accelerator, "GPU type and count, CPU and memory per replica."
     )
     replicas: int | None = Field(
         default=None,
@@ -542,36 +545,14 @@ class ModelDeploymentSpec(ApiModel):
             "Scale to zero and remove the autoscaler and disruption budget; keeps the Service."
         ),
     )
-    rollout: Rollout = Field(
-        default_factory=Rollout,
-        json_schema_extra=_section_default(Rollout),
-        description="Rolling update strategy.",
+    rollout: Rollout = _section(Rollout, "Rolling update strategy.")
+    service: ServiceConfig = _section(ServiceConfig, "The Service.")
+    monitoring: Monitoring = _section(Monitoring, "Prometheus scraping.")
+    network_policy: NetworkPolicyConfig = _section(
+        NetworkPolicyConfig, "Opt-in ingress NetworkPolicy."
     )
-    service: ServiceConfig = Field(
-        default_factory=ServiceConfig,
-        json_schema_extra=_section_default(ServiceConfig),
-        description="The Service.",
-    )
-    monitoring: Monitoring = Field(
-        default_factory=Monitoring,
-        json_schema_extra=_section_default(Monitoring),
-        description="Prometheus scraping.",
-    )
-    network_policy: NetworkPolicyConfig = Field(
-        default_factory=NetworkPolicyConfig,
-        json_schema_extra=_section_default(NetworkPolicyConfig),
-        description="Opt-in ingress NetworkPolicy.",
-    )
-    pod_disruption_budget: DisruptionBudget = Field(
-        default_factory=DisruptionBudget,
-        json_schema_extra=_section_default(DisruptionBudget),
-        description="The PodDisruptionBudget.",
-    )
-    pod_template: PodTemplate = Field(
-        default_factory=PodTemplate,
-        json_schema_extra=_section_default(PodTemplate),
-        description="Pod-level overrides (the escape hatch).",
-    )
+    pod_disruption_budget: DisruptionBudget = _section(DisruptionBudget, "The PodDisruptionBudget.")
+    pod_template: PodTemplate = _section(PodTemplate, "Pod-level overrides (the escape hatch).")
 
     @model_validator(mode="after")
     def _check(self) -> ModelDeploymentSpec:
