@@ -239,6 +239,10 @@ class ContinuousBatchingEngine:
     # --- admission (event loop thread) --------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> _GenerationStream:
+        """Admit a request or raise an `EngineError` at once; then stream it (see types.py).
+
+        Call it on the event loop that will consume the stream: deltas are delivered to it.
+        """
         params = request.params
         validate_params(params)
         prompt_tokens = len(request.prompt_token_ids)

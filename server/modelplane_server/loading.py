@@ -25,17 +25,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelplane_server.detokenize import TextCodec
 from modelplane_server.embeddings import DynamicBatchingEmbeddingEngine
 from modelplane_server.engine import ContinuousBatchingEngine
 from modelplane_server.types import (
     EmbeddingConfig,
+    EmbeddingEngine,
     EngineObserver,
     GenerationConfig,
+    GenerationEngine,
     SamplingParams,
 )
+
+if TYPE_CHECKING:
+    # mypy proves here that the engines satisfy the seam's protocols.
+    def _generation(engine: ContinuousBatchingEngine) -> GenerationEngine:
+        return engine
+
+    def _embedding(engine: DynamicBatchingEmbeddingEngine) -> EmbeddingEngine:
+        return engine
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -196,7 +207,7 @@ def _quiet_transformers() -> None:
     """Turn off transformers' tqdm bars: a server reports progress as lines, via `progress`."""
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _report(progress: Progress | None, message: str) -> None:
