@@ -345,3 +345,36 @@ def test_the_embedded_smollm2_knows_the_capital_of_france(tmp_path: Path) -> Non
     assert content is not None
     assert "Paris" in content, content
     assert exit_code == 0
+
+
+EDGE_CASES: list[dict[str, Any]] = [
+    {"top_k": 2**31 - 1, "temperature": 1.5},
+    {"top_k": 1, "temperature": 2.0, "seed": 2**64 - 1},
+    {"seed": -(2**63), "temperature": 0.7, "top_p": 1e-9},
+    {"temperature": 0.0, "top_p": 0.01, "top_k": -1},
+    {"stop": ["\u00e9", "\U0001f600", "\n"], "temperature": 1.0, "seed": 3},
+    {"stop_token_ids": [0, 2**31 - 1], "max_tokens": 3},
+    {"priority": 2**31 - 1},
+    {"priority": -(2**31 - 1), "max_tokens": 1},
+    {"max_tokens": 400, "ignore_eos": True, "stream": True},
+    {"prompt": "\u0000\ud7ff\U0010ffff emoji \U0001f600 and RTL \u05d0\u05d1", "max_tokens": 4},
+]
+
+
+@pytest.mark.parametrize("fields", EDGE_CASES)
+def test_extreme_but_valid_requests_reach_the_real_engine_without_a_5xx(
+    tiny_server: ServerProcess, fields: dict[str, Any]
+) -> None:
+    body = {"prompt": "Hello", "max_tokens": 8, **fields}
+    response = httpx.post(
+        tiny_server.url + "/v1/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    if body.get("stream"):
+        assert response.text.endswith("data: [DONE]\n\n")
+        assert '"error"' not in response.text
+    else:
+        assert response.json()["choices"][0]["finish_reason"] in {"stop", "length"}
