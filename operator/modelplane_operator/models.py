@@ -513,7 +513,9 @@ class ModelDeploymentSpec(ApiModel):
         )
     )
 
-    model: ModelSource = Field(description="The model to serve.")
+    model: ModelSource = Field(
+        description="The model to serve: where its weights are and how the server loads them."
+    )
     image: str = Field(
         default="ghcr.io/modelplane/modelplane-server:0.1.0",
         min_length=1,
@@ -523,9 +525,12 @@ class ModelDeploymentSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy."
     )
-    server: ServerConfig = _section(ServerConfig, "Server batching and lifecycle knobs.")
+    server: ServerConfig = _section(
+        ServerConfig,
+        "The inference server's batching, queueing and shutdown knobs (rendered as its flags).",
+    )
     accelerator: Accelerator = _section(
-        Accelerator, "GPU type and count, CPU and memory per replica."
+        Accelerator, "GPUs (type and count) and host CPU and memory per replica."
     )
     replicas: int | None = Field(
         default=None,
@@ -537,7 +542,11 @@ class ModelDeploymentSpec(ApiModel):
         ),
     )
     autoscaling: Autoscaling | None = Field(
-        default=None, description="Let a HorizontalPodAutoscaler own the replica count."
+        default=None,
+        description=(
+            "Let a HorizontalPodAutoscaler (autoscaling/v2) own the replica count between "
+            "minReplicas and maxReplicas. Mutually exclusive with replicas."
+        ),
     )
     suspend: bool = Field(
         default=False,
@@ -545,14 +554,29 @@ class ModelDeploymentSpec(ApiModel):
             "Scale to zero and remove the autoscaler and disruption budget; keeps the Service."
         ),
     )
-    rollout: Rollout = _section(Rollout, "Rolling update strategy.")
-    service: ServiceConfig = _section(ServiceConfig, "The Service.")
-    monitoring: Monitoring = _section(Monitoring, "Prometheus scraping.")
-    network_policy: NetworkPolicyConfig = _section(
-        NetworkPolicyConfig, "Opt-in ingress NetworkPolicy."
+    rollout: Rollout = _section(
+        Rollout, "How a spec change replaces pods (a rolling update of the Deployment)."
     )
-    pod_disruption_budget: DisruptionBudget = _section(DisruptionBudget, "The PodDisruptionBudget.")
-    pod_template: PodTemplate = _section(PodTemplate, "Pod-level overrides (the escape hatch).")
+    service: ServiceConfig = _section(
+        ServiceConfig,
+        "The Service in front of the ready replicas; status.url is its in-cluster URL.",
+    )
+    monitoring: Monitoring = _section(
+        Monitoring, "Prometheus scraping of the server's /metrics through a ServiceMonitor."
+    )
+    network_policy: NetworkPolicyConfig = _section(
+        NetworkPolicyConfig,
+        "An opt-in NetworkPolicy admitting traffic to the server only from chosen namespaces.",
+    )
+    pod_disruption_budget: DisruptionBudget = _section(
+        DisruptionBudget,
+        "A PodDisruptionBudget limiting voluntary disruptions (node drains); created only "
+        "when more than one replica can exist.",
+    )
+    pod_template: PodTemplate = _section(
+        PodTemplate,
+        "Pod-level overrides (the escape hatch): labels, annotations, scheduling, identity.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelDeploymentSpec:
