@@ -39,6 +39,7 @@ from modelplane_server.health import Lifecycle, ProbeResult
 from modelplane_server.metrics import CONTENT_TYPE, Metrics
 from modelplane_server.protocol import (
     ChatCompletionRequest,
+    ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
     EmbeddingRequest,
@@ -288,7 +289,7 @@ def _routes(state: ServerState) -> APIRouter:
 
     @router.post(
         "/v1/chat/completions",
-        response_model=CompletionResponse,
+        response_model=ChatCompletionResponse,
         responses={**ERROR_RESPONSES, 200: {"content": sse}},
         tags=["openai"],
     )

@@ -232,10 +232,14 @@ class Serving:
         model: str,
         fields: SamplingFields,
         prompt_token_ids: list[int],
-        max_tokens: int,
+        requested_max_tokens: int | None,
         id_prefix: str,
         input_param: str,
     ) -> _Generation:
+        """Check the lengths, submit, and wait (racing a disconnect) for the first delta."""
+        max_tokens = self._max_tokens(
+            engine, len(prompt_token_ids), requested_max_tokens, input_param
+        )
         now = time.monotonic()
         request = GenerationRequest(
             request_id=f"{id_prefix}-{uuid.uuid4().hex}",
@@ -274,15 +278,13 @@ class Serving:
 
     async def completion(self, body: CompletionRequest, raw: Request) -> Response:
         engine, model = self._generation_engine(body.model)
-        prompt_ids = engine.encode(body.prompt_text())
-        max_tokens = self._max_tokens(engine, len(prompt_ids), body.max_tokens, "prompt")
         generation = await self._submit(
             raw,
             engine=engine,
             model=model,
             fields=body,
-            prompt_token_ids=prompt_ids,
-            max_tokens=max_tokens,
+            prompt_token_ids=engine.encode(body.prompt_text()),
+            requested_max_tokens=body.max_tokens,
             id_prefix="cmpl",
             input_param="prompt",
         )
@@ -304,21 +306,19 @@ class Serving:
         engine, model = self._generation_engine(body.model)
         try:
             prompt_ids = engine.apply_chat_template(body.template_messages())
-        except (ValueError, KeyError, TypeError) as error:
-            # Templates raise on conversations they cannot render (e.g. roles out of order).
+        except Exception as error:
+            if not _is_template_refusal(error):
+                raise
             raise invalid(
                 "messages", f"The chat template rejected the messages: {error}"
             ) from error
-        max_tokens = self._max_tokens(
-            engine, len(prompt_ids), body.requested_max_tokens, "messages"
-        )
         generation = await self._submit(
             raw,
             engine=engine,
             model=model,
             fields=body,
             prompt_token_ids=prompt_ids,
-            max_tokens=max_tokens,
+            requested_max_tokens=body.requested_max_tokens,
             id_prefix="chatcmpl",
             input_param="messages",
         )
@@ -448,6 +448,14 @@ class Serving:
                 "context_length": engines.embedding.context_length,
             }
         return result
+
+
+def _is_template_refusal(error: Exception) -> bool:
+    """Chat templates refuse conversations they cannot render (Llama 2's "roles must alternate")
+    with jinja2's `raise_exception`; that is the client's 400, unlike a bug in our code."""
+    return type(error).__module__.startswith("jinja2") or isinstance(
+        error, (ValueError, KeyError, TypeError)
+    )
 
 
 def _raise_for_empty_finish(reason: FinishReason) -> None:

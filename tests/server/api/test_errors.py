@@ -3,6 +3,7 @@ exception gets an OpenAI-shaped 500."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -191,3 +192,24 @@ async def test_a_client_error_is_not_logged_as_a_server_error(
         response = await served.client.post(COMPLETIONS, json={"prompt": 1})
     assert response.status_code == 400
     assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]
+
+
+class TemplateError(Exception):
+    """Stands in for jinja2's error, raised by a chat template's `raise_exception`."""
+
+
+TemplateError.__module__ = "jinja2.exceptions"
+
+
+class AlternatingTemplateEngine(FakeGenerationEngine):
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        raise TemplateError("Conversation roles must alternate user/assistant/user/assistant")
+
+
+async def test_a_chat_template_refusal_is_a_400_on_messages() -> None:
+    async with serve(generation=AlternatingTemplateEngine()) as served:
+        response = await served.client.post(
+            CHAT, json={"messages": [{"role": "assistant", "content": "x"}]}
+        )
+    error = assert_openai_error(response, 400, "messages")
+    assert "roles must alternate" in error["message"]
