@@ -7,10 +7,9 @@ the contract with the operator; the engine configurations are derived from them,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelplane_server.types import EmbeddingConfig, GenerationConfig
@@ -74,7 +73,7 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="liveness fails when work is queued and no step finished for this long",
     )
-    api_key_file: Path | None = Field(
+    api_key_file: FilePath | None = Field(
         None, description="a file of Bearer API keys, one per line (a mounted Secret)"
     )
     api_key: SecretStr | None = Field(

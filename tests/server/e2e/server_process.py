@@ -66,14 +66,20 @@ class ServerProcess:
             raise
 
 
+def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without MODELPLANE_* settings, offline, plus `extra`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    environment.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(extra or {})})
+    return environment
+
+
 @contextlib.contextmanager
 def running_server(
     log_dir: Path, *args: str, env: dict[str, str] | None = None, startup_timeout_s: float = 120
 ) -> Iterator[ServerProcess]:
     """Start `python -m modelplane_server` with `args`, wait for /health/startup, stop it after."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
-    environment.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})})
+    environment = server_environment(env)
     log = log_dir / f"server-{port}.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(

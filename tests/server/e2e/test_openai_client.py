@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from .server_process import ServerProcess, running_server
+from .server_process import ServerProcess, free_port, running_server, server_environment
 
 pytestmark = pytest.mark.slow
 
@@ -378,3 +380,21 @@ def test_extreme_but_valid_requests_reach_the_real_engine_without_a_5xx(
         assert '"error"' not in response.text
     else:
         assert response.json()["choices"][0]["finish_reason"] in {"stop", "length"}
+
+
+def test_a_model_that_cannot_load_exits_with_status_1(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelplane_server", "--host=127.0.0.1",
+             f"--port={free_port()}", f"--model={missing}", "--embedding-model=none"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=server_environment(),
+        )  # fmt: skip
+    exit_code = process.wait(timeout=120)
+    output = log.read_text()
+    assert exit_code == 1, output
+    assert "loading the models failed" in output
+    assert str(missing) in output
