@@ -113,6 +113,34 @@ def _owned_by(item: Object, uid: str) -> bool:
     return any(reference.get("uid") == uid for reference in references)
 
 
+async def _apply_children(
+    kube: Kube, children: list[Object], outcome: Outcome
+) -> dict[tuple[str, str], Object | None]:
+    """Apply each child that differs from its live object; the live objects, by kind."""
+    live_children: dict[tuple[str, str], Object | None] = {}
+    for child in (with_hash(manifest) for manifest in children):
+        kind_key = (child["apiVersion"], child["kind"])
+        metadata = child["metadata"]
+        live = await kube.get(*kind_key, metadata["name"], metadata["namespace"])
+        if needs_apply(child, live):
+            live = await kube.apply(child)
+            outcome.applied.append(f"{child['kind']}/{metadata['name']}")
+        live_children[kind_key] = live
+    return live_children
+
+
+async def _delete_unwanted(
+    kube: Kube, kinds: list[tuple[str, str]], owner: Owner, outcome: Outcome
+) -> None:
+    """Delete our children of kinds no longer wanted: found by labels, confirmed by owner uid."""
+    selector = {**selector_labels(owner.name), LABEL_MANAGED_BY: FIELD_MANAGER}
+    for kind_key in kinds:
+        for item in await kube.list_children(*kind_key, owner.namespace, selector):
+            if _owned_by(item, owner.uid or ""):
+                await kube.delete(*kind_key, item["metadata"]["name"], owner.namespace)
+                outcome.deleted.append(f"{kind_key[1]}/{item['metadata']['name']}")
+
+
 async def reconcile(kube: Kube, body: Object, now: Callable[[], str] = utc_now) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec."""
     metadata = body["metadata"]
@@ -132,30 +160,17 @@ async def reconcile(kube: Kube, body: Object, now: Callable[[], str] = utc_now) 
         raise InvalidSpecError(message) from error
 
     owner = Owner(name=name, namespace=namespace, uid=metadata.get("uid"))
-    uid = metadata.get("uid") or ""
     prometheus = await kube.crd_installed(SERVICE_MONITOR_CRD)
     rendered = render(owner, spec, RenderOptions(prometheus_operator=prometheus))
     outcome = Outcome(ready="Unknown", reason="")
 
-    live_children: dict[tuple[str, str], Object | None] = {}
-    for child in (with_hash(manifest) for manifest in rendered.children):
-        kind_key = (child["apiVersion"], child["kind"])
-        live = await kube.get(*kind_key, name, namespace)
-        if needs_apply(child, live):
-            live = await kube.apply(child)
-            outcome.applied.append(f"{child['kind']}/{name}")
-        live_children[kind_key] = live
-
-    selector = {**selector_labels(name), LABEL_MANAGED_BY: FIELD_MANAGER}
-    for kind_key in CHILD_KINDS:
-        if kind_key in live_children:
-            continue
-        if kind_key[1] == "ServiceMonitor" and not prometheus:
-            continue
-        for item in await kube.list_children(*kind_key, namespace, selector):
-            if _owned_by(item, uid):
-                await kube.delete(*kind_key, item["metadata"]["name"], namespace)
-                outcome.deleted.append(f"{kind_key[1]}/{item['metadata']['name']}")
+    live_children = await _apply_children(kube, rendered.children, outcome)
+    unwanted = [
+        kind_key
+        for kind_key in CHILD_KINDS
+        if kind_key not in live_children and (kind_key[1] != "ServiceMonitor" or prometheus)
+    ]
+    await _delete_unwanted(kube, unwanted, owner, outcome)
 
     pods = await kube.list_pods(namespace, selector_labels(name))
     observed = observe(
