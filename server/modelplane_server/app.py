@@ -60,6 +60,9 @@ LoadedEngines = tuple[GenerationEngine, EmbeddingEngine | None]
 Loader = Callable[[ServerSettings, EngineObserver, Progress], LoadedEngines]
 UNOBSERVED_PREFIXES = ("/health", "/metrics")  # probes and scrapes: not work to drain
 HTTP_IDLE_WAIT_S = 5.0
+# Bounds what one request can make the event loop parse and tokenize: 2048 embedding inputs of a
+# few KiB each fit, a prompt a thousand times any context does not.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away", for logs and metrics
 
 
@@ -206,10 +209,21 @@ async def _in_daemon_thread(function: Callable[[], LoadedEngines]) -> LoadedEngi
     return await future
 
 
+def _too_large() -> StarletteHTTPException:
+    return StarletteHTTPException(413, f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
 class ObservingMiddleware:
     """Counts and times every HTTP request by route template, tracks the requests in flight (drain
-    waits for them), and turns an unexpected exception into an OpenAI-shaped 500 instead of a
-    dropped connection."""
+    waits for them), refuses bodies over `MAX_BODY_BYTES` (413), and turns an unexpected exception
+    into an OpenAI-shaped 500 instead of a dropped connection."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -225,6 +239,17 @@ class ObservingMiddleware:
         path = str(scope["path"])
         observed = not path.startswith(UNOBSERVED_PREFIXES)
 
+        received = 0
+
+        async def receive_bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise _too_large()  # FastAPI re-raises it from its body parsing
+            return message
+
         async def send_observed(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
@@ -235,7 +260,13 @@ class ObservingMiddleware:
         if observed:
             self.state.http_started()
         try:
-            await self.app(scope, receive, send_observed)
+            if _declared_length(scope) > MAX_BODY_BYTES:
+                raise _too_large()
+            await self.app(scope, receive_bounded, send_observed)
+        except StarletteHTTPException as error:  # only ours get this far
+            if not response_started:
+                response = await handle_http_exception(Request(scope), error)
+                await response(scope, receive, send_observed)
         except Exception:
             logger.exception("unhandled error serving %s %s", scope["method"], path)
             if not response_started:

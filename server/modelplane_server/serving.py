@@ -11,6 +11,7 @@ which frees the batch slot. Engine errors map to statuses here and only here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -66,6 +68,9 @@ from modelplane_server.types import (
 logger = logging.getLogger(__name__)
 
 LOADING_RETRY_AFTER_S = 10.0
+# Tokenizing runs ~5 MB/s: longer texts go to a worker thread so the event loop (and with it every
+# other request and the probes) never stalls behind one big prompt.
+INLINE_TOKENIZE_CHARS = 16_384
 DRAINING_RETRY_AFTER_S = 1.0  # another replica can take it at once
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -278,12 +283,13 @@ class Serving:
 
     async def completion(self, body: CompletionRequest, raw: Request) -> Response:
         engine, model = self._generation_engine(body.model)
+        prompt = body.prompt_text()
         generation = await self._submit(
             raw,
             engine=engine,
             model=model,
             fields=body,
-            prompt_token_ids=engine.encode(body.prompt_text()),
+            prompt_token_ids=await _tokenize(partial(engine.encode, prompt), len(prompt)),
             requested_max_tokens=body.max_tokens,
             id_prefix="cmpl",
             input_param="prompt",
@@ -305,7 +311,11 @@ class Serving:
     async def chat(self, body: ChatCompletionRequest, raw: Request) -> Response:
         engine, model = self._generation_engine(body.model)
         try:
-            prompt_ids = engine.apply_chat_template(body.template_messages())
+            messages = body.template_messages()
+            prompt_ids = await _tokenize(
+                partial(engine.apply_chat_template, messages),
+                sum(len(message["content"]) for message in messages),
+            )
         except Exception as error:
             if not _is_template_refusal(error):
                 raise
@@ -448,6 +458,12 @@ class Serving:
                 "context_length": engines.embedding.context_length,
             }
         return result
+
+
+async def _tokenize(tokenize: Callable[[], list[int]], characters: int) -> list[int]:
+    if characters <= INLINE_TOKENIZE_CHARS:
+        return tokenize()
+    return await asyncio.to_thread(tokenize)
 
 
 def _is_template_refusal(error: Exception) -> bool:

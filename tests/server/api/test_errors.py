@@ -3,10 +3,13 @@ exception gets an OpenAI-shaped 500."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
 
 import pytest
+
+from modelplane_server.app import MAX_BODY_BYTES
 
 from .fakes import FakeGenerationEngine
 from .helpers import assert_openai_error, serve
@@ -213,3 +216,37 @@ async def test_a_chat_template_refusal_is_a_400_on_messages() -> None:
         )
     error = assert_openai_error(response, 400, "messages")
     assert "roles must alternate" in error["message"]
+
+
+async def test_an_oversized_body_is_a_413_declared_or_streamed() -> None:
+    too_big = b'{"prompt": "' + b"x" * MAX_BODY_BYTES + b'"}'
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(too_big), 1 << 20):
+            yield too_big[start : start + (1 << 20)]
+
+    async with serve() as served:
+        declared = await served.client.post(COMPLETIONS, content=too_big)
+        streamed = await served.client.post(COMPLETIONS, content=chunked())
+        assert served.generation.submitted == []
+    for response in (declared, streamed):
+        error = assert_openai_error(response, 413)
+        assert str(MAX_BODY_BYTES) in error["message"]
+
+
+async def test_a_long_prompt_is_tokenized_off_the_event_loop() -> None:
+    class LoopCheckingEngine(FakeGenerationEngine):
+        threads: ClassVar[list[str]] = []
+
+        def encode(self, text: str) -> list[int]:
+            self.threads.append(threading.current_thread().name)
+            return super().encode(text)
+
+    async with serve(generation=LoopCheckingEngine(context_length=100_000)) as served:
+        short = await served.client.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 1})
+        long = await served.client.post(COMPLETIONS, json={"prompt": "x" * 20_000, "max_tokens": 1})
+    assert short.status_code == 200
+    assert long.status_code == 200
+    main_thread = threading.main_thread().name
+    assert LoopCheckingEngine.threads[0] == main_thread
+    assert LoopCheckingEngine.threads[1] != main_thread
