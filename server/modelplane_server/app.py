@@ -94,10 +94,6 @@ class ServerState:
     def start_loading(self) -> None:
         self._load_task = asyncio.get_running_loop().create_task(self._load())
 
-    async def wait_loaded(self) -> None:
-        if self._load_task is not None:
-            await asyncio.shield(self._load_task)
-
     async def _load(self) -> None:
         started = time.monotonic()
         try:

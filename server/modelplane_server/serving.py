@@ -120,13 +120,19 @@ def engine_error(error: EngineError, input_param: str = "prompt") -> ApiError:
 
 @dataclass
 class _Generation:
-    """A submitted generation: its first delta and the rest of its stream."""
+    """A submitted generation: its first delta and the rest of its stream.
+
+    Whoever takes it must `close()` it however things end, even if `deltas()` was never started
+    (a task cancelled before it ran, a stream whose client left before the first write): closing
+    the engine stream is what frees the batch slot.
+    """
 
     request_id: str
     model: str
     first: GenerationDelta
     rest: AsyncIterator[GenerationDelta]
     on_finished: Callable[[], None]
+    closed: bool = False
 
     async def deltas(self) -> AsyncIterator[GenerationDelta]:
         """All deltas, the first included; closes the engine stream however it ends."""
@@ -138,8 +144,14 @@ class _Generation:
                     if delta.finish_reason is not None:
                         break
         finally:
-            await close_quietly(self.rest)
-            self.on_finished()
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await close_quietly(self.rest)
+        self.on_finished()
 
 
 class Serving:
@@ -297,7 +309,7 @@ class Serving:
         headers = {"X-Request-Id": generation.request_id}
         if body.stream:
             events = _completion_events(generation, body.include_usage)
-            return EventStreamResponse(events, headers=headers)
+            return EventStreamResponse(events, on_close=generation.close, headers=headers)
         text, last = await _collect(raw, generation)
         response = CompletionResponse(
             id=generation.request_id,
@@ -335,7 +347,7 @@ class Serving:
         headers = {"X-Request-Id": generation.request_id}
         if body.stream:
             events = _chat_events(generation, body.include_usage)
-            return EventStreamResponse(events, headers=headers)
+            return EventStreamResponse(events, on_close=generation.close, headers=headers)
         text, last = await _collect(raw, generation)
         response = ChatCompletionResponse(
             id=generation.request_id,
@@ -504,7 +516,10 @@ async def _collect(raw: Request, generation: _Generation) -> tuple[str, Generati
             await close_quietly(deltas)
         return "".join(parts), last
 
-    return await until_disconnected(raw.receive, consume())
+    try:
+        return await until_disconnected(raw.receive, consume())
+    finally:
+        await generation.close()
 
 
 def _usage(delta: GenerationDelta) -> Usage:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import anyio
@@ -73,7 +73,10 @@ class EventStreamResponse(StreamingResponse):
     disconnects, whether or not a write is pending."""
 
     def __init__(
-        self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None
+        self,
+        events: AsyncIterator[bytes],
+        on_close: Callable[[], Awaitable[None]],
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             events,
@@ -81,6 +84,7 @@ class EventStreamResponse(StreamingResponse):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
         )
         self.events = events
+        self.on_close = on_close  # runs even if `events` never started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -110,3 +114,5 @@ class EventStreamResponse(StreamingResponse):
                 group.start_soon(watch)
         finally:
             await close_quietly(self.events)
+            with anyio.CancelScope(shield=True):
+                await self.on_close()
