@@ -184,6 +184,9 @@ class LocalCluster:
         self.state_dir = state_dir
         self.state_file = state_dir / "state.json"
         self._bin_dir = bin_dir
+        # Processes started by this object: while `up` waits, ask them directly. Right after fork,
+        # /proc/<pid>/cmdline still shows python until exec, so the binary check would misfire.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- state ----------------------------------------------------------------------------------
     def load_state(self) -> ClusterState | None:
@@ -524,6 +527,7 @@ class LocalCluster:
                 start_new_session=True,
             )
         state.pids[name] = process.pid
+        self._children[name] = process
         state.binaries[name] = str(binary)
         self._save(state)
 
@@ -535,9 +539,7 @@ class LocalCluster:
             if predicate():
                 return
             if state is not None:
-                dead = [
-                    n for n, pid in state.pids.items() if not pid_alive(pid, state.binaries.get(n))
-                ]
+                dead = [n for n, child in self._children.items() if child.poll() is not None]
                 if dead:
                     raise ClusterError(
                         f"{', '.join(dead)} exited while waiting for {what}: "
