@@ -115,6 +115,15 @@ class SamplingFields(OpenAIRequest):
             raise ValueError("stop strings must not be empty")
         return stop
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def max_tokens_field(self) -> str:
+        """The field a too-large `requested_max_tokens` came from, for the 400's `param`."""
+        return "max_tokens"
+
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -165,6 +174,10 @@ class CompletionRequest(SamplingFields):
         if best_of not in (None, 1):
             raise _unsupported("best_of > 1")
         return best_of
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
 
     def prompt_text(self) -> str:
         """The one prompt, or an `ApiError` naming `prompt` for what we do not serve."""
@@ -251,6 +264,10 @@ class ChatCompletionRequest(SamplingFields):
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
         return self.max_tokens
+
+    @property
+    def max_tokens_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     def template_messages(self) -> list[dict[str, str]]:
         # `developer` is OpenAI's new name for `system`; chat templates only know the old one.

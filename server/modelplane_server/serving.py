@@ -155,6 +155,8 @@ class _Generation:
 
 
 class Serving:
+    """The endpoints' logic, shared by the routes; holds the engines once they are loaded."""
+
     def __init__(self, lifecycle: Lifecycle, metrics: Metrics, limits: Limits) -> None:
         self.lifecycle = lifecycle
         self.metrics = metrics
@@ -219,8 +221,13 @@ class Serving:
         return engine
 
     def _max_tokens(
-        self, engine: GenerationEngine, prompt_tokens: int, requested: int | None, prompt_param: str
+        self,
+        engine: GenerationEngine,
+        prompt_tokens: int,
+        fields: SamplingFields,
+        prompt_param: str,
     ) -> int:
+        requested = fields.requested_max_tokens
         context = engine.context_length
         room = context - prompt_tokens
         if room < 1:
@@ -233,10 +240,11 @@ class Serving:
         if requested is None:
             return room
         if requested > room:
+            field = fields.max_tokens_field
             raise invalid(
-                "max_tokens",
+                field,
                 f"This model's context is {context} tokens; the prompt is {prompt_tokens} tokens, "
-                f"so max_tokens may be at most {room} (got {requested}).",
+                f"so {field} may be at most {room} (got {requested}).",
                 code="context_length_exceeded",
             )
         return requested
@@ -249,23 +257,21 @@ class Serving:
         model: str,
         fields: SamplingFields,
         prompt_token_ids: list[int],
-        requested_max_tokens: int | None,
+        arrival: float,
         id_prefix: str,
         input_param: str,
     ) -> _Generation:
-        """Check the lengths, submit, and wait (racing a disconnect) for the first delta."""
-        max_tokens = self._max_tokens(
-            engine, len(prompt_token_ids), requested_max_tokens, input_param
-        )
-        now = time.monotonic()
+        """Check the lengths, submit, and wait (racing a disconnect) for the first delta.
+        `arrival` is when the handler began, so TTFT includes tokenizing, as vLLM's does."""
+        max_tokens = self._max_tokens(engine, len(prompt_token_ids), fields, input_param)
         request = GenerationRequest(
             request_id=f"{id_prefix}-{uuid.uuid4().hex}",
             prompt_token_ids=tuple(prompt_token_ids),
             params=fields.sampling_params(max_tokens),
             priority=fields.priority,
-            arrival_time=now,
-            queue_deadline=now + self.limits.queue_timeout_s,
-            deadline=now + self.limits.request_timeout_s,
+            arrival_time=arrival,
+            queue_deadline=arrival + self.limits.queue_timeout_s,
+            deadline=arrival + self.limits.request_timeout_s,
         )
         self.lifecycle.generation_started()
         iterator: AsyncIterator[GenerationDelta] | None = None
@@ -294,6 +300,7 @@ class Serving:
     # --- completions ---------------------------------------------------------------------------
 
     async def completion(self, body: CompletionRequest, raw: Request) -> Response:
+        arrival = time.monotonic()
         engine, model = self._generation_engine(body.model)
         prompt = body.prompt_text()
         generation = await self._submit(
@@ -302,7 +309,7 @@ class Serving:
             model=model,
             fields=body,
             prompt_token_ids=await _tokenize(partial(engine.encode, prompt), len(prompt)),
-            requested_max_tokens=body.max_tokens,
+            arrival=arrival,
             id_prefix="cmpl",
             input_param="prompt",
         )
@@ -321,6 +328,7 @@ class Serving:
         return JSONResponse(response.model_dump(), headers=headers)
 
     async def chat(self, body: ChatCompletionRequest, raw: Request) -> Response:
+        arrival = time.monotonic()
         engine, model = self._generation_engine(body.model)
         try:
             messages = body.template_messages()
@@ -340,7 +348,7 @@ class Serving:
             model=model,
             fields=body,
             prompt_token_ids=prompt_ids,
-            requested_max_tokens=body.requested_max_tokens,
+            arrival=arrival,
             id_prefix="chatcmpl",
             input_param="messages",
         )

@@ -53,6 +53,8 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str | None]] = [
     (COMPLETIONS, ["not", "an", "object"], 400, None),
     (CHAT, {"messages": []}, 400, "messages"),
     (CHAT, {"messages": USER, "max_completion_tokens": -5}, 400, "max_completion_tokens"),
+    (CHAT, {"messages": USER, "max_completion_tokens": 300}, 400, "max_completion_tokens"),
+    (CHAT, {"messages": USER, "max_tokens": 300}, 400, "max_tokens"),
     (CHAT, {"messages": [{"role": "user", "content": "x" * 300}]}, 400, "messages"),
     (CHAT, {"messages": [{"role": "user"}]}, 400, "messages[0].content"),
     (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].role"),
