@@ -398,3 +398,42 @@ def test_a_model_that_cannot_load_exits_with_status_1(tmp_path: Path) -> None:
     assert exit_code == 1, output
     assert "loading the models failed" in output
     assert str(missing) in output
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    """The value of one sample (`name` with its labels, as exposed); 0 if not exposed yet."""
+    for line in server.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_real_engines_report_to_the_metrics(
+    client: openai.OpenAI, tiny_server: ServerProcess
+) -> None:
+    names = [
+        "modelplane_generation_tokens_total",
+        'modelplane_requests_finished_total{finished_reason="length"}',
+        "modelplane_time_to_first_token_seconds_count",
+        "modelplane_inter_token_latency_seconds_count",
+        "modelplane_batch_size_count",
+        "modelplane_embedding_batch_size_count",
+        "modelplane_embedding_tokens_total",
+    ]
+    before = {name: metric(tiny_server, name) for name in names}
+    for _ in range(2):
+        client.completions.create(
+            model="tiny-llama", prompt="Hi", max_tokens=6, temperature=0, extra_body=NO_EOS
+        )
+    [embedding_model] = [
+        m.id for m in client.models.list() if (m.model_extra or {}).get("kind") == "embedding"
+    ]
+    client.embeddings.create(input=["one", "two"], model=embedding_model)
+    delta = {name: metric(tiny_server, name) - before[name] for name in names}
+    assert delta["modelplane_generation_tokens_total"] == 12
+    assert delta['modelplane_requests_finished_total{finished_reason="length"}'] == 2
+    assert delta["modelplane_time_to_first_token_seconds_count"] == 2
+    assert delta["modelplane_inter_token_latency_seconds_count"] == 10
+    assert delta["modelplane_batch_size_count"] >= 6
+    assert delta["modelplane_embedding_batch_size_count"] >= 1
+    assert delta["modelplane_embedding_tokens_total"] > 0
