@@ -166,7 +166,8 @@ class EngineObserver(Protocol):
 
 
 class Tokenizing(Protocol):
-    """What the HTTP layer needs from the tokenizer (on the event loop: keep inputs small)."""
+    """What the HTTP layer needs from the tokenizer; called from the event loop and, for long
+    inputs, from worker threads at once, so implementations must tolerate concurrent calls."""
 
     @property
     def model_id(self) -> str: ...
