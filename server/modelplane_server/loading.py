@@ -244,12 +244,12 @@ def load_generation_engine(
     model.eval()
     parameters = sum(parameter.numel() for parameter in model.parameters())
     _report(progress, f"model loaded ({parameters / 1e6:.1f}M parameters)")
-    runner = CausalLMRunner(model, device, config.max_batch_size)
     codec = TextCodec(
         tokenizer,
         config.served_model_name or source.derived_id,
         _context_length(model.config, tokenizer),
     )
+    runner = CausalLMRunner(model, device, config.max_batch_size, codec.context_length)
     _report(progress, "warming up")
     warm_up_prompt = codec.encode("Hello")
     with torch.inference_mode():

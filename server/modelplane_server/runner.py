@@ -32,6 +32,9 @@ from modelplane_server.types import SamplingParams
 
 _INITIAL_COLUMNS = 256
 _INITIAL_ROWS = 8
+# Free columns kept beyond the context length, so a full-context window is compacted every so
+# many steps rather than every step.
+_COLUMN_HEADROOM = 64
 # Most padding a prefill group may carry, as a fraction of its real prompt tokens.
 _PREFILL_PADDING_SLACK = 0.125
 
@@ -133,11 +136,16 @@ def check_supported(config: Any) -> None:
 class CausalLMRunner:
     """A causal LM and its running batch. Rows are identified by the engine's sequence ids."""
 
-    def __init__(self, model: Any, device: torch.device, max_batch_size: int) -> None:
+    def __init__(
+        self, model: Any, device: torch.device, max_batch_size: int, context_length: int
+    ) -> None:
         check_supported(model.config)
         self._model = model
         self._device = device
         self._max_batch_size = max_batch_size
+        # The window never exceeds the longest sequence, so buffers need at most the context plus
+        # some headroom; without this cap the doubling could reserve twice the context per row.
+        self._max_columns = context_length + _COLUMN_HEADROOM
         self._num_layers = int(model.config.num_hidden_layers)
         self._keeps_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.window = _Window()
@@ -358,11 +366,13 @@ class CausalLMRunner:
         live = window.end - window.start
         new_end = max(live, columns_before_end)
         needed_columns = new_end + columns_after_end
-        # Keep at least half the columns free after a relayout, so the next one is far away.
-        if 2 * needed_columns > column_capacity:
+        # Keep at least half the columns free after a relayout (up to the context cap), so the
+        # next relayout is far away.
+        if 2 * needed_columns > column_capacity and column_capacity < self._max_columns:
             column_capacity = max(column_capacity, _INITIAL_COLUMNS)
             while column_capacity < 2 * needed_columns:
                 column_capacity *= 2
+            column_capacity = max(needed_columns, min(column_capacity, self._max_columns))
         while row_capacity < rows:
             row_capacity = min(max(2 * row_capacity, _INITIAL_ROWS), self._max_batch_size)
             if row_capacity < rows and row_capacity == self._max_batch_size:

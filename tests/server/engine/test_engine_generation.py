@@ -117,6 +117,30 @@ async def test_greedy_matches_generate_for_a_staggered_mixed_batch(
     assert len(sizes) >= 3
 
 
+async def test_sequences_up_to_the_context_length_stay_exact_in_capped_buffers(
+    tiny_llama_dir: Path,
+) -> None:
+    engine = load(str(tiny_llama_dir), max_batch_size=2)
+    rng = random.Random(5)  # noqa: S311 (reproducible test data, not cryptography)
+    prompts = [[rng.randrange(3, 40_000) for _ in range(length)] for length in (300, 40)]
+    await engine.start()
+    results = await asyncio.gather(
+        *(
+            collect(engine.generate(request(f"r{i}", p, temperature=0.0, max_tokens=500)))
+            for i, p in enumerate(prompts)
+        )
+    )
+    await engine.stop(5)
+    # The context (512) caps the long one at 212 tokens; the KV buffers stay near the context.
+    assert results[0][-1].completion_tokens == 212
+    assert engine._runner.keys[0].shape[2] <= 512 + 64  # type: ignore[attr-defined]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    for prompt, deltas in zip(prompts, results, strict=True):
+        expected = reference(model, prompt, 512 - len(prompt))
+        assert token_ids(deltas) == expected[: len(token_ids(deltas))]
+        assert len(token_ids(deltas)) == len(expected)
+
+
 async def test_seeded_sampling_is_reproducible_inside_a_mixed_batch(tiny_llama_dir: Path) -> None:
     engine = load(str(tiny_llama_dir), max_batch_size=8)
     await engine.start()
