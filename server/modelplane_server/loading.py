@@ -215,6 +215,34 @@ def _report(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
+def _load_pretrained(
+    auto_class: Any,
+    source: ModelSource,
+    device_name: str,
+    dtype_name: str,
+    progress: Progress | None,
+) -> tuple[Any, Any, Any]:
+    """Tokenizer and model from local files, on the resolved device and dtype, in eval mode."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    device = resolve_device(device_name)
+    dtype = resolve_dtype(dtype_name, device)
+    where = f"{source.location}/{source.gguf_file}" if source.gguf_file else source.location
+    _report(progress, f"loading {where} as {dtype} on {device}")
+    files: dict[str, Any] = {"local_files_only": True}
+    if source.gguf_file:
+        files["gguf_file"] = source.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **files)
+    _report(progress, f"tokenizer loaded ({len(tokenizer)} tokens)")
+    model = auto_class.from_pretrained(source.location, dtype=dtype, **files)
+    model.to(device)
+    model.eval()
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    _report(progress, f"model loaded ({parameters / 1e6:.1f}M parameters)")
+    return tokenizer, model, device
+
+
 def load_generation_engine(
     config: GenerationConfig,
     observer: EngineObserver | None = None,
@@ -222,28 +250,16 @@ def load_generation_engine(
 ) -> ContinuousBatchingEngine:
     """Load a causal LM and its tokenizer, warm it up, and wrap it in the continuous batcher."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from modelplane_server.runner import CausalLMRunner
 
-    _quiet_transformers()
     began = time.monotonic()
     embedded = embedded_generation_model() if not config.model else None
     source = resolve_source(config.model, config.gguf_file, embedded=embedded)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    where = f"{source.location}/{source.gguf_file}" if source.gguf_file else source.location
-    _report(progress, f"loading {where} as {dtype} on {device}")
-    common: dict[str, Any] = {"local_files_only": True}
-    if source.gguf_file:
-        common["gguf_file"] = source.gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
-    _report(progress, f"tokenizer loaded ({len(tokenizer)} tokens)")
-    model: Any = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **common)
-    model.to(device)
-    model.eval()
-    parameters = sum(parameter.numel() for parameter in model.parameters())
-    _report(progress, f"model loaded ({parameters / 1e6:.1f}M parameters)")
+    tokenizer, model, device = _load_pretrained(
+        AutoModelForCausalLM, source, config.device, config.dtype, progress
+    )
     codec = TextCodec(
         tokenizer,
         config.served_model_name or source.derived_id,
@@ -305,23 +321,18 @@ def load_embedding_engine(
     progress: Progress | None = None,
 ) -> DynamicBatchingEmbeddingEngine:
     """Load a sentence-embedding model, warm it up, and wrap it in the dynamic batcher."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     from modelplane_server.runner import SentenceEmbeddingRunner
 
-    _quiet_transformers()
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None
     source = resolve_source(
         config.model, embedded=embedded, embedded_id=EMBEDDED_EMBEDDING_MODEL_ID
     )
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    _report(progress, f"loading embedding model {source.location} as {dtype} on {device}")
-    tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=True)
-    model: Any = AutoModel.from_pretrained(source.location, dtype=dtype, local_files_only=True)
-    model.to(device)
-    model.eval()
+    tokenizer, model, device = _load_pretrained(
+        AutoModel, source, config.device, config.dtype, progress
+    )
     directory = Path(source.location)
     pooling = _pooling_mode(directory) if directory.is_dir() else "mean"
     runner = SentenceEmbeddingRunner(model, device, pooling, tokenizer.pad_token_id or 0)
