@@ -583,6 +583,12 @@ class LocalCluster:
             if pid_alive(pid, state.binaries.get(name)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        # Reap the processes this object started, so none lingers as a zombie (or trips Python's
+        # "subprocess is still running" ResourceWarning when the handle is collected).
+        for child in self._children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+        self._children.clear()
         shutil.rmtree(state.data_dir, ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         Path(state.kubeconfig).unlink(missing_ok=True)
