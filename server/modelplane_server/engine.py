@@ -19,8 +19,9 @@ a fake one. Documented choices:
 - A prompt must leave room for one generated token: `len(prompt) >= context_length` is rejected with
   `PromptTooLongError` (its `limit` is the context length); otherwise `max_tokens` is capped to what
   fits and the cap ends with LENGTH.
-- A prompt whose prefill alone exceeds `max_batch_tokens` is still admitted, alone in its step (the
-  prefill is not chunked), so it delays the running rows once instead of waiting forever.
+- A prompt that does not fit the step's remaining budget is prefilled in chunks over several steps
+  (one such prompt at a time, chunks of at least 64 tokens) while the running rows keep decoding,
+  so a long prompt neither waits forever nor stalls every stream for one huge step.
 - The EOS or stop token that ends a sequence counts in `completion_tokens` and `token_ids` but never
   appears in the text.
 """
@@ -64,6 +65,8 @@ _RECENT_STEPS = 64
 # How often the step thread looks for expired queue deadlines; they need not be exact to the ms.
 _DEADLINE_SCAN_INTERVAL_S = 0.05
 _IDLE_WAIT_S = 1.0
+# The smallest prefill chunk, so a long prompt progresses even when decode rows use the budget.
+_MIN_CHUNK = 64
 
 
 class StepRunner(Protocol):
@@ -76,6 +79,12 @@ class StepRunner(Protocol):
         params: Sequence[SamplingParams],
     ) -> list[int]:
         """Prefill newcomers, add them to the running batch, return their first tokens."""
+
+    def prefill_chunk(
+        self, seq_id: int, prompt: Sequence[int], params: SamplingParams, start: int, end: int
+    ) -> int | None:
+        """Prefill prompt[start:end] of one long prompt; on its last chunk, add the sequence to
+        the running batch and return its first token (None before that)."""
 
     def decode(self) -> tuple[list[int], list[int]]:
         """One token for every running sequence: (sequence ids, tokens), aligned."""
@@ -130,6 +139,7 @@ class _Sequence:
         self.new_tokens: list[int] = []
         self.arrival = request.arrival_time or time.monotonic()
         self.admitted_at: float | None = None
+        self.prefilled = 0  # prompt tokens already in the cache, for a chunked prefill
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.inter_token_latencies: list[float] = []
@@ -195,6 +205,7 @@ class ContinuousBatchingEngine:
         self._last_deadline_scan = 0.0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, _Event]]] = {}
         self._finished_rows: list[int] = []
+        self._chunking: _Sequence | None = None  # the one long prompt being prefilled in chunks
 
     # --- Tokenizing ---------------------------------------------------------------------------
 
@@ -359,6 +370,9 @@ class ContinuousBatchingEngine:
             return True
         started = self._clock()
         prefill_tokens = self._prefill(newcomers, started) if newcomers else 0
+        chunked = self._chunking is not None
+        if chunked:
+            prefill_tokens += self._prefill_chunk(prefill_tokens)
         decode_tokens = self._decode() if self._running else 0
         if self._finished_rows:
             self._runner.release(self._finished_rows)
@@ -366,7 +380,7 @@ class ContinuousBatchingEngine:
         finished = self._clock()
         self._running_count = len(self._running)
         self._flush()
-        batch_size = max(len(newcomers), decode_tokens)
+        batch_size = max(len(newcomers) + chunked, decode_tokens)
         self._steps_total += 1
         self._last_step = finished
         self._recent_batch_sizes = (*self._recent_batch_sizes[-(_RECENT_STEPS - 1) :], batch_size)
@@ -397,16 +411,49 @@ class ContinuousBatchingEngine:
                 # A newcomer costs its prompt plus its first decode token. The runner groups
                 # prompts by length, so padding stays small and is not counted.
                 cost += sequence.prompt_tokens + 1
-                if admitted and cost > budget:
+                if cost > budget and (admitted or self._chunking is not None):
                     break
                 heapq.heappop(self._waiting)
                 self._waiting_count -= 1
                 self._waiting_tokens -= sequence.prompt_tokens
                 sequence.state = _State.RUNNING
-                admitted.append(sequence)
                 if cost > budget:
+                    # Too long for this step: prefill it in chunks over the next steps, so the
+                    # running rows keep decoding and no step exceeds the budget.
+                    sequence.admitted_at = self._clock()
+                    self._running[sequence.seq_id] = sequence
+                    self._chunking = sequence
                     break
+                admitted.append(sequence)
         return admitted
+
+    def _prefill_chunk(self, prefill_tokens: int) -> int:
+        sequence = self._chunking
+        assert sequence is not None
+        if sequence.state is not _State.RUNNING:  # cancelled or timed out meanwhile
+            self._chunking = None
+            return 0
+        budget = self._config.max_batch_tokens - len(self._running) - prefill_tokens
+        start = sequence.prefilled
+        end = min(sequence.prompt_tokens, start + max(budget, _MIN_CHUNK))
+        try:
+            token = self._runner.prefill_chunk(
+                sequence.seq_id,
+                sequence.request.prompt_token_ids,
+                sequence.request.params,
+                start,
+                end,
+            )
+        except Exception:
+            logger.exception("prefill chunk of a %d-token prompt failed", sequence.prompt_tokens)
+            self._chunking = None
+            self._finish(sequence, FinishReason.ABORT)
+            return 0
+        sequence.prefilled = end
+        if token is not None:
+            self._chunking = None
+            self._accept_token(sequence, token, self._clock())
+        return end - start
 
     def _prefill(self, newcomers: list[_Sequence], started: float) -> int:
         for sequence in newcomers:
@@ -444,6 +491,7 @@ class ContinuousBatchingEngine:
             )
             self._abort_running(FinishReason.ABORT)
             self._runner.reset()
+            self._chunking = None
             return 0
         now = self._clock()
         running = self._running
@@ -499,6 +547,7 @@ class ContinuousBatchingEngine:
             self._finish(sequence, reason)
         self._runner.reset()
         self._finished_rows = []
+        self._chunking = None
         self._running_count = 0
 
     def _finish(

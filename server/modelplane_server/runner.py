@@ -158,6 +158,8 @@ class CausalLMRunner:
         self._row_seq: list[int] = []
         self._row_start: list[int] = []
         self._cache = Cache(layers=[_SlotLayer(self, index) for index in range(self._num_layers)])
+        # Long prompts being prefilled chunk by chunk, each in its own cache until it joins.
+        self._partial: dict[int, DynamicCache] = {}
 
     @property
     def device(self) -> torch.device:
@@ -195,6 +197,40 @@ class CausalLMRunner:
             for index, token in zip(group, group_tokens, strict=True):
                 tokens[index] = token
         return tokens
+
+    @torch.inference_mode()
+    def prefill_chunk(
+        self, seq_id: int, prompt: Sequence[int], params: SamplingParams, start: int, end: int
+    ) -> int | None:
+        """Prefill prompt[start:end]; after the last chunk the sequence joins the batch.
+
+        The chunks extend a private cache exactly as one long prefill would (positions and the
+        causal mask continue from `start`), so the result does not depend on the chunking.
+        """
+        cache = self._partial.setdefault(seq_id, DynamicCache(config=self._model.config))
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._keeps_last_logits else {}
+        output = self._model(
+            input_ids=torch.tensor([list(prompt[start:end])], dtype=torch.long).to(self._device),
+            attention_mask=torch.ones((1, end), dtype=torch.long, device=self._device),
+            position_ids=torch.arange(start, end, device=self._device)[None, :],
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        if end < len(prompt):
+            return None
+        del self._partial[seq_id]
+        first_row = self._merge(
+            seq_ids=[seq_id],
+            params=[params],
+            lengths=[end],
+            width=end,
+            attention=torch.ones((1, end), dtype=torch.long, device=self._device),
+            prefill_cache=cache,
+        )
+        token = self._sampling.sample(output.logits[:, -1, :], first_row)
+        self._last_tokens[first_row] = token[0]
+        return int(token[0])
 
     def _prefill_group(
         self,
@@ -262,6 +298,8 @@ class CausalLMRunner:
     def release(self, seq_ids: Sequence[int]) -> None:
         """Drop sequences from the running batch (finished, cancelled, failed); skip unknown ids."""
         leaving = set(seq_ids)
+        for seq_id in leaving:
+            self._partial.pop(seq_id, None)
         if not leaving.intersection(self._row_seq):
             return
         rows = self.window.rows
@@ -281,7 +319,8 @@ class CausalLMRunner:
             self.window.start = self.window.end = 0
 
     def reset(self) -> None:
-        """Forget the whole running batch (after a failed step)."""
+        """Forget the whole running batch and any partial prefill (after a failed step)."""
+        self._partial.clear()
         self.release(self.running_ids)
 
     def _move_rows(self, sources: list[int], targets: list[int]) -> None:

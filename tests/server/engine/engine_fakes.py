@@ -32,6 +32,7 @@ class FakeRunner:
     prefills: list[list[int]] = field(default_factory=list)  # seq ids per prefill call
     decodes: list[list[int]] = field(default_factory=list)  # seq ids per decode call
     released: list[int] = field(default_factory=list)
+    chunks: list[tuple[int, int, int]] = field(default_factory=list)  # (seq id, start, end)
     _prompts: dict[int, Sequence[int]] = field(default_factory=dict)
     _generated: dict[int, int] = field(default_factory=dict)
     _order: list[int] = field(default_factory=list)
@@ -63,6 +64,18 @@ class FakeRunner:
             self._order.append(seq_id)
         return [self._next(seq_id) for seq_id in seq_ids]
 
+    def prefill_chunk(
+        self, seq_id: int, prompt: Sequence[int], params: SamplingParams, start: int, end: int
+    ) -> int | None:
+        self._pause()
+        self.chunks.append((seq_id, start, end))
+        if end < len(prompt):
+            return None
+        self._prompts[seq_id] = prompt
+        self._generated[seq_id] = 0
+        self._order.append(seq_id)
+        return self._next(seq_id)
+
     def decode(self) -> tuple[list[int], list[int]]:
         self._pause()
         self.decodes.append(list(self._order))
@@ -72,7 +85,7 @@ class FakeRunner:
 
     def release(self, seq_ids: Sequence[int]) -> None:
         leaving = set(seq_ids)
-        self.released.extend(seq_id for seq_id in self._order if seq_id in leaving)
+        self.released.extend(seq_ids)
         self._order = [seq_id for seq_id in self._order if seq_id not in leaving]
 
     def reset(self) -> None:

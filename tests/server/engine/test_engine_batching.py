@@ -131,13 +131,46 @@ async def test_token_budget_limits_the_prefill_of_one_step() -> None:
     assert [step.prefill_tokens for step in observer.steps] == [16, 8]
 
 
-async def test_prompt_longer_than_the_budget_still_runs_alone() -> None:
-    engine, runner, _ = make_engine(max_batch_tokens=4)
+async def test_a_prompt_over_the_budget_is_prefilled_in_chunks_while_others_decode() -> None:
+    engine, runner, observer = make_engine(
+        FakeRunner(step_delay_s=0.001), max_batch_tokens=80, context_length=1024
+    )
     await engine.start()
-    deltas = await collect(engine.generate(request("long", "x" * 20, max_tokens=3)))
+    short = engine.generate(request("short", max_tokens=30))
+    await short.__anext__()
+    long_prompt = "x" * 300
+    deltas = await collect(engine.generate(request("long", long_prompt, max_tokens=3)))
+    assert text_of(deltas) == expected_text(long_prompt, 3)
+    assert (await collect(short))[-1].finish_reason is FinishReason.LENGTH
     await engine.stop(5)
-    assert deltas[-1].finish_reason is FinishReason.LENGTH
-    assert runner.prefills == [[0]]
+    # Chunks cover the prompt in order, each within the step's budget less the decode row.
+    assert [(start, end) for _, start, end in runner.chunks] == [
+        (0, 78),
+        (78, 156),
+        (156, 234),
+        (234, 300),
+    ]
+    # "short" decoded in every step that carried a chunk.
+    chunk_steps = [step for step in observer.steps if step.prefill_tokens]
+    assert all(step.decode_tokens >= 1 for step in chunk_steps)
+    assert max(step.prefill_tokens + step.decode_tokens for step in observer.steps) <= 80
+
+
+async def test_cancelling_a_prompt_mid_chunking_drops_its_partial_prefill() -> None:
+    engine, runner, observer = make_engine(
+        FakeRunner(step_delay_s=0.005), max_batch_tokens=70, context_length=2048
+    )
+    await engine.start()
+    stream = engine.generate(request("long", "y" * 1000, max_tokens=3))
+    await wait_until(lambda: len(runner.chunks) >= 2)
+    await stream.aclose()
+    await wait_until(lambda: len(observer.finished) == 1)
+    after = await collect(engine.generate(request("after", max_tokens=2)))
+    await engine.stop(5)
+    assert observer.finished[0].finish_reason is FinishReason.CANCELLED
+    assert len(runner.chunks) < 1000 // 70
+    assert 0 in runner.released
+    assert after[-1].finish_reason is FinishReason.LENGTH
 
 
 async def test_lower_priority_value_is_admitted_first() -> None:

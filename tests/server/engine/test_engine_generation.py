@@ -141,6 +141,26 @@ async def test_sequences_up_to_the_context_length_stay_exact_in_capped_buffers(
         assert len(token_ids(deltas)) == len(expected)
 
 
+async def test_chunked_prefill_of_a_long_prompt_is_exact(tiny_llama_dir: Path) -> None:
+    observer = RecordingObserver()
+    engine = load(str(tiny_llama_dir), observer, max_batch_tokens=64)
+    rng = random.Random(9)  # noqa: S311 (reproducible test data, not cryptography)
+    short = [rng.randrange(3, 40_000) for _ in range(20)]
+    long = [rng.randrange(3, 40_000) for _ in range(300)]
+    await engine.start()
+    running = asyncio.create_task(
+        collect(engine.generate(request("short", short, temperature=0.0, max_tokens=40)))
+    )
+    await wait_until(lambda: engine.stats().steps_total >= 2)
+    chunked = await collect(engine.generate(request("long", long, temperature=0.0, max_tokens=12)))
+    short_deltas = await running
+    await engine.stop(5)
+    assert sum(1 for step in observer.steps if step.prefill_tokens and step.decode_tokens) >= 4
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    assert token_ids(chunked) == reference(model, long, 12)
+    assert token_ids(short_deltas) == reference(model, short, 40)
+
+
 async def test_seeded_sampling_is_reproducible_inside_a_mixed_batch(tiny_llama_dir: Path) -> None:
     engine = load(str(tiny_llama_dir), max_batch_size=8)
     await engine.start()
