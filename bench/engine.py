@@ -4,7 +4,7 @@
 2. static batches: left-padded `generate()` over batches of 8/16/32/64, each batch running to its
    longest member (only requested tokens count as useful);
 3. transformers' continuous batching (`ContinuousBatchingManager`, `paged|sdpa`, persistent and
-   warmed up, per-request `max_new_tokens`);
+   warmed up, per-request `max_new_tokens`, the same limits as ours: 32 rows, 4096 tokens a step);
 4. Modelplane's engine (`ContinuousBatchingEngine` over `CausalLMRunner`, server defaults:
    max_batch_size 32, max_batch_tokens 4096), driven through its asyncio streams.
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import statistics
 import sys
 import time
@@ -33,7 +35,7 @@ import common  # bench/ is a directory of scripts, not a package
 PROMPT_LOW, PROMPT_HIGH = 32, 128
 UNIFORM_TOKENS = 32
 VAR_MEAN, VAR_CAP = 32, 128
-STATIC_SIZES = {8: (8,), 32: (8, 16, 32), 64: (32, 64)}
+STATIC_SIZES = {8: (8,), 32: (8, 16, 32), 64: (64,)}
 
 
 @dataclass
@@ -157,6 +159,7 @@ class HFContinuousBatching:
 
     def __init__(self, m: common.LoadedModel) -> None:
         from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
         from transformers.generation.continuous_batching.utils import WorkloadHints
 
         self.m = m
@@ -169,8 +172,14 @@ class HFContinuousBatching:
         hints = WorkloadHints(
             max_prompt_length=PROMPT_HIGH, max_generated_length=VAR_CAP, num_requests=64
         )
+        # The same limits as Modelplane's defaults (32 rows, 4096 tokens a step). The KV cache is
+        # sized explicitly: on CPU the default takes 90% of free RAM (it OOM-killed a run here).
+        # 80 pages of 256 tokens hold 64 requests of <= 256 tokens each.
+        limits = ContinuousBatchingConfig(
+            num_blocks=80, max_batch_tokens=4096, max_requests_per_batch=32
+        )
         self.manager = m.model.init_continuous_batching(
-            generation_config=config, workload_hints=hints
+            generation_config=config, continuous_batching_config=limits, workload_hints=hints
         )
         self.manager.warmup()
         self.manager.start()
@@ -243,8 +252,9 @@ class Modelplane:
         from modelplane_server.types import GenerationConfig
 
         self.recorder = StepRecorder()
-        runner = CausalLMRunner(m.model, torch.device("cpu"), max_batch_size)
-        codec = TextCodec(m.tokenizer, m.name, int(m.model.config.max_position_embeddings))
+        context_length = int(m.model.config.max_position_embeddings)
+        runner = CausalLMRunner(m.model, torch.device("cpu"), max_batch_size, context_length)
+        codec = TextCodec(m.tokenizer, m.name, context_length)
         self.engine = ContinuousBatchingEngine(
             runner,
             codec,
@@ -281,7 +291,7 @@ def best_of(runs: list[Run]) -> Run:
     return min(runs, key=lambda run: run.wall_s)
 
 
-def bench_model(name: str, repeats: int) -> dict[str, Any]:  # noqa: PLR0915  # one script
+def bench_model(name: str, repeats: int, selected: set[str]) -> dict[str, Any]:  # noqa: PLR0915  # one script
     common.log(f"{name}: loading")
     m = common.load_model(name)
     prompts = common.prompt_token_ids(m.tokenizer, m.vocab_size, 64, PROMPT_LOW, PROMPT_HIGH)
@@ -289,14 +299,16 @@ def bench_model(name: str, repeats: int) -> dict[str, Any]:  # noqa: PLR0915  # 
     workloads = {"uniform-32": (prompts[:32], [UNIFORM_TOKENS] * 32)}
     for count in STATIC_SIZES:
         workloads[f"var-{count}"] = (prompts[:count], var_lengths[:count])
+    workloads = {name: work for name, work in workloads.items() if name in selected}
+    needed = max(len(work_prompts) for work_prompts, _ in workloads.values())
 
     # Warm-up: first calls allocate and pick kernels.
     static_batches(m, prompts[:4], [4] * 4, 4)
     sequential(m, prompts[:1], [4])
 
-    common.log(f"{name}: sequential generate(), 64 requests")
+    common.log(f"{name}: sequential generate(), {needed} requests")
     longest = [max(n, UNIFORM_TOKENS) if i < 32 else n for i, n in enumerate(var_lengths)]
-    seq = sequential(m, prompts, longest)
+    seq = sequential(m, prompts[:needed], longest[:needed])
     references: dict[str, list[list[int]]] = {}
     results: dict[str, Any] = {}
     for workload, (work_prompts, lengths) in workloads.items():
@@ -326,7 +338,7 @@ def bench_model(name: str, repeats: int) -> dict[str, Any]:  # noqa: PLR0915  # 
     # people's tests share these cores) falls on all of them alike; each keeps its best round.
     for workload, (work_prompts, lengths) in workloads.items():
         sizes = (32,) if workload == "uniform-32" else STATIC_SIZES[len(work_prompts)]
-        rounds = repeats if workload in {"var-32", "uniform-32"} else 1
+        rounds = repeats if workload == "var-32" else 1
         static_runs: dict[int, list[Run]] = {size: [] for size in sizes}
         ours_runs: list[Run] = []
         hf_runs: list[Run] = []
@@ -372,7 +384,8 @@ def bench_model(name: str, repeats: int) -> dict[str, Any]:  # noqa: PLR0915  # 
     loop.close()
     hf.close()
 
-    ceiling = results["uniform-32"]["engines"]["static batch (best)"]["tokens_per_s"]
+    uniform = results.get("uniform-32")
+    ceiling = uniform["engines"]["static batch (best)"]["tokens_per_s"] if uniform else math.nan
     for workload, result in results.items():
         engines = result["engines"]
         ours = engines["modelplane"]["tokens_per_s"]
@@ -432,6 +445,8 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: see BENCHMARKS.md on contention)"
     )
+    parser.add_argument("--workloads", default="uniform-32,var-8,var-32,var-64")
+    parser.add_argument("--append", action="store_true", help="add to the existing result file")
     parser.add_argument("--output", default="engine")
     arguments = parser.parse_args()
     import torch
@@ -443,10 +458,22 @@ def main() -> int:
         "benchmark": "engine",
         "environment": {**common.environment(), "torch_threads": arguments.threads},
         "command": " ".join([".venv/bin/python", "bench/engine.py", *sys.argv[1:]]),
-        "models": [bench_model(name, arguments.repeats) for name in arguments.models.split(",")],
+        "models": [],
     }
-    data["duration_s"] = time.perf_counter() - started
-    path = common.write_result(arguments.output, data)
+    path = common.RESULTS / f"{arguments.output}.json"
+    if arguments.append and path.exists():  # add models to an earlier run's file
+        earlier = json.loads(path.read_text())
+        data["models"] = earlier["models"]
+        data["earlier_runs"] = [
+            {"command": earlier["command"], "environment": earlier["environment"]},
+            *earlier.get("earlier_runs", []),
+        ]
+    for name in arguments.models.split(","):
+        data["models"].append(
+            bench_model(name, arguments.repeats, set(arguments.workloads.split(",")))
+        )
+        data["duration_s"] = time.perf_counter() - started
+        common.write_result(arguments.output, data)  # after each model: a partial run still counts
     plot(data, path.with_suffix(".png"))
     common.log(f"wrote {path} in {data['duration_s']:.0f} s")
     return 0

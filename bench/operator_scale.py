@@ -4,8 +4,8 @@ ModelDeployments applied at once.
 Measured in one run, on a cluster of its own (state under /tmp, not the dev cluster at .cluster):
 
 1. The floor: the same children, rendered offline by `render()`, server-side applied directly
-   with the operator's own `Kube.apply` (one task per ModelDeployment, its children in order, all
-   500 at once) into a namespace of their own; time until every child exists.
+   with the operator's own `Kube.apply` (one task per ModelDeployment applying its children in
+   order, 16 tasks in flight) into a namespace of their own; time until every child exists.
 2. The operator (`modelplane-operator run`, a separate process, watching one namespace): 500 CRs
    created at once; time until every child exists, and until every CR reports Ready=True.
 3. Steady state: API writes over several resync periods with nothing changing (target 0).
@@ -51,6 +51,7 @@ OUR_RESOURCES = {
     "modeldeployments",
 }
 BUILT_IN_STATUS_WRITERS = {("deployments", "status"), ("horizontalpodautoscalers", "status")}
+IN_FLIGHT = 16
 SPEC = {"model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}}
 
 
@@ -168,9 +169,13 @@ async def measure(  # noqa: PLR0915  # one linear measurement
     rendered = [children_of(f"md-{i}", FLOOR_NAMESPACE, None) for i in range(count)]
     before = api_writes(kubeconfig)
 
+    # At most IN_FLIGHT requests at once: lightkube's connection pool times out beyond that.
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
     async def apply_all(children: list[dict[str, Any]]) -> None:
-        for child in children:
-            await kube.apply(with_hash(child))
+        async with gate:
+            for child in children:
+                await kube.apply(with_hash(child))
 
     began = time.perf_counter()
     await asyncio.gather(*(apply_all(children) for children in rendered))
@@ -214,7 +219,8 @@ async def measure(  # noqa: PLR0915  # one linear measurement
                     "spec": SPEC,
                 }
             )
-            await client.create(body)
+            async with gate:
+                await client.create(body)
 
         await asyncio.gather(*(create(i) for i in range(count)))
         created_s = time.perf_counter() - began
@@ -244,8 +250,21 @@ async def measure(  # noqa: PLR0915  # one linear measurement
         converge_writes = difference(api_writes(kubeconfig), before)
         busy = process_usage(operator.pid)
 
-        # 3. Steady state: nothing changes; every resync should write nothing.
-        await asyncio.sleep(resync_s)  # let the last status writes settle
+        # 3. Steady state: nothing changes; every resync should write nothing. kopf may still be
+        # working through its backlog of events when every CR is Ready, so first wait until a
+        # whole resync period passes without any write (at most 5 minutes).
+        quiet_since = time.perf_counter()
+        settle_began = quiet_since
+        last = api_writes(kubeconfig)
+        while time.perf_counter() - quiet_since < resync_s + 5:
+            if time.perf_counter() - settle_began > 300:
+                break
+            await asyncio.sleep(5)
+            now = api_writes(kubeconfig)
+            if now != last:
+                quiet_since, last = time.perf_counter(), now
+        settle_s = time.perf_counter() - settle_began
+        common.log(f"writes quiet after {settle_s:.0f} s")
         before = api_writes(kubeconfig)
         usage_before = process_usage(operator.pid)
         window = resync_s * steady_resyncs
@@ -270,6 +289,7 @@ async def measure(  # noqa: PLR0915  # one linear measurement
             "ready_at_end": ready_now,
             "api_writes_to_converge": converge_writes,
             "api_writes_to_converge_total": sum(converge_writes.values()),
+            "writes_settled_after_ready_s": settle_s,
         },
         "ratio_children_to_floor": None if children_s is None else children_s / floor_s,
         "steady_state": {
