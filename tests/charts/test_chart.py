@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from localcluster import REPO_ROOT
-from testsupport import Cluster
+from testsupport import Cluster, wait_for
 
 CHART = REPO_ROOT / "charts" / "modelplane"
 
@@ -155,8 +155,13 @@ def test_install_establishes_the_crd_and_runs_the_operator(
         cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout
     )
     assert deployment["status"].get("readyReplicas") == 1
-    explain = cluster.kubectl("explain", "modeldeployment.spec")
-    assert "accelerator" in explain.stdout
+    # The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
+    explain = wait_for(
+        lambda: cluster.kubectl("explain", "modeldeployment.spec", check=False).stdout,
+        timeout=60,
+        what="kubectl explain to know the CRD",
+    )
+    assert "accelerator" in explain
 
 
 @pytest.mark.k8s
