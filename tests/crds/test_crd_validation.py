@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from testsupport import Cluster
+from testsupport import Cluster, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -84,8 +84,17 @@ def test_samples_are_valid_and_defaulted(cluster: Cluster, namespace: str, sampl
     assert spec["service"]["port"] == 80
 
 
+def explain(cluster: Cluster, field: str) -> str:
+    """`kubectl explain`, polled: the apiserver publishes a (re)applied CRD's OpenAPI a moment
+    after the CRD is Established."""
+    result: str = wait_for(
+        lambda: cluster.kubectl("explain", field, check=False).stdout,
+        timeout=60,
+        what=f"kubectl explain {field}",
+    )
+    return result
+
+
 def test_kubectl_explain_teaches_the_api(cluster: Cluster) -> None:
-    explained = cluster.kubectl("explain", "modeldeployment.spec.accelerator.type").stdout
-    assert "nvidia.com/gpu.product" in explained
-    explained = cluster.kubectl("explain", "md.spec.autoscaling").stdout
-    assert "HorizontalPodAutoscaler" in explained
+    assert "nvidia.com/gpu.product" in explain(cluster, "modeldeployment.spec.accelerator.type")
+    assert "HorizontalPodAutoscaler" in explain(cluster, "md.spec.autoscaling")
