@@ -83,7 +83,7 @@ def main() -> int:  # one linear script
         "--port", naive_url.rsplit(":", 1)[1],
     ]  # fmt: skip
     ours_command = [
-        str(common.PYTHON), "-m", "modelplane_server", "--model", str(common.tiny_llama_dir()),
+        str(common.PYTHON), "-m", "modelplane_server", "--model", str(common.smollm2_dir()),
         "--embedding-model", str(directory), "--host", "127.0.0.1",
         "--port", ours_url.rsplit(":", 1)[1], "--device", "cpu", "--log-level", "warning",
     ]  # fmt: skip
