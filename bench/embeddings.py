@@ -4,7 +4,8 @@
    of all 32 (best of 3 each). That ratio is what batching can give at most at this batch size.
 2. Over HTTP, one text per request, at concurrency 1, 8 and 32: the naive server
    (bench/naive_server.py: one forward per request under a lock) against Modelplane's server
-   (dynamic batching, max_wait_ms 5, batch 32), measured alternately point by point.
+   (its default: the embedded MiniLM, dynamic batching, max_wait_ms 5, batch 32), measured
+   alternately point by point.
 
 The target: Modelplane at 32 concurrent keeps >= 80% of the model's own speed-up, i.e.
 (Modelplane req/s at 32) / (naive req/s at 32) >= 0.8 x (32 single forwards / one forward of 32).
@@ -84,7 +85,7 @@ def main() -> int:  # one linear script
     ]  # fmt: skip
     ours_command = [
         str(common.PYTHON), "-m", "modelplane_server", "--model", str(common.smollm2_dir()),
-        "--embedding-model", str(directory), "--host", "127.0.0.1",
+        "--host", "127.0.0.1",
         "--port", ours_url.rsplit(":", 1)[1], "--device", "cpu", "--log-level", "warning",
     ]  # fmt: skip
     results: dict[str, dict[str, Any]] = {
