@@ -15,9 +15,18 @@ from modelplane_server.types import EmbeddingEngine, EngineObserver, GenerationE
 def load_engines(
     settings: ServerSettings, observer: EngineObserver, progress: Callable[[str], None]
 ) -> tuple[GenerationEngine, EmbeddingEngine | None]:
-    """Load and warm up the generation engine, then the embedding engine unless disabled."""
-    from modelplane_server.loading import load_embedding_engine, load_generation_engine
+    """Set torch's thread count, load and warm up the generation engine, then the embedding
+    engine unless disabled."""
+    from modelplane_server.cpus import torch_threads
+    from modelplane_server.loading import (
+        load_embedding_engine,
+        load_generation_engine,
+        set_torch_threads,
+    )
 
+    threads = torch_threads(settings.torch_threads)
+    set_torch_threads(threads)
+    progress(f"torch intra-op threads: {threads}")
     generation = load_generation_engine(
         settings.generation_config(), observer=observer, progress=progress
     )

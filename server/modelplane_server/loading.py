@@ -215,6 +215,13 @@ def _report(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op thread count for the whole process (see `cpus.torch_threads`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _load_pretrained(
     auto_class: Any,
     source: ModelSource,

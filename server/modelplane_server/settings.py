@@ -45,6 +45,12 @@ class ServerSettings(BaseSettings):
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N"
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op threads; 0 = OMP_NUM_THREADS if set, else the container's "
+        "CPU limit (cgroup quota) or the usable CPUs, whichever is smaller",
+    )
     max_batch_size: int = Field(32, ge=1, description="most sequences in one generation step")
     max_batch_tokens: int = Field(
         4096, ge=1, description="token budget of one step (prefill + decode)"

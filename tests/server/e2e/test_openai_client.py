@@ -437,3 +437,11 @@ def test_the_real_engines_report_to_the_metrics(
     assert delta["modelplane_batch_size_count"] >= 6
     assert delta["modelplane_embedding_batch_size_count"] >= 1
     assert delta["modelplane_embedding_tokens_total"] > 0
+
+
+def test_torch_threads_follow_the_cpus_not_torch_defaults(tiny_server: ServerProcess) -> None:
+    """The server sizes torch's thread pool itself (cpus.torch_threads) and says so at startup."""
+    from modelplane_server.cpus import torch_threads
+
+    expected = torch_threads(0, environ=server_environment())
+    assert f"torch intra-op threads: {expected}" in tiny_server.log.read_text(errors="replace")
