@@ -16,8 +16,10 @@ Token counts come from the server's `usage` (when streaming, the request asks fo
 
 Load is either closed-loop at a fixed concurrency (N workers, each sends its next request when the
 previous one ends) or open-loop Poisson arrivals at a rate, optionally capped by a concurrency
-limit. Every run is bounded by a request count and a total time; requests still in flight at the
-time limit are cancelled and counted as `unfinished`.
+limit. A closed loop may ramp up: its N workers then start evenly over `ramp_up_s` instead of all
+at t=0, so a run measures a steady state rather than one synchronised burst (the burst is what
+`ramp_up_s=0` measures). Every run is bounded by a request count and a total time; requests still
+in flight at the time limit are cancelled and counted as `unfinished`.
 """
 
 from __future__ import annotations
@@ -402,10 +404,11 @@ def summarize(
 @dataclass(frozen=True)
 class Load:
     """How requests arrive: `concurrency` closed-loop workers, or Poisson at `rate` req/s (capped
-    by `concurrency` when it is given)."""
+    by `concurrency` when it is given). A closed loop's workers start evenly over `ramp_up_s`."""
 
     concurrency: int | None = None
     rate: float = math.inf
+    ramp_up_s: float = 0.0
 
     def describe(self) -> str:
         parts = []
@@ -413,6 +416,8 @@ class Load:
             parts.append(f"concurrency {self.concurrency}")
         if math.isfinite(self.rate):
             parts.append(f"rate {self.rate:g}/s")
+        if self.ramp_up_s > 0 and not math.isfinite(self.rate):
+            parts.append(f"ramp-up {self.ramp_up_s:g}s")
         return ", ".join(parts) or "all at once"
 
 
@@ -510,10 +515,15 @@ async def run_load(
         bar.update(result)
 
     tasks: list[asyncio.Task[None]] = []
+    # A ramped closed loop releases its first `limit` requests evenly over the ramp; the rest
+    # queue behind the semaphore as usual.
+    ramp_step = load.ramp_up_s / limit if load.ramp_up_s > 0 and limit > 0 else 0.0
     try:
-        for body in bodies:
+        for index, body in enumerate(bodies):
             if math.isfinite(load.rate):
                 await asyncio.sleep(arrivals.expovariate(load.rate))
+            elif ramp_step and 0 < index < limit:
+                await asyncio.sleep(max(0.0, started + index * ramp_step - time.perf_counter()))
             if time.perf_counter() >= deadline:
                 break
             tasks.append(asyncio.create_task(one(body)))
@@ -536,6 +546,7 @@ async def run_load(
         "load": {
             "concurrency": load.concurrency,
             "rate": load.rate if math.isfinite(load.rate) else "inf",
+            "ramp_up_s": load.ramp_up_s,
         },
         **summary,
     }
@@ -568,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="inf",
         help="Poisson arrival rate in req/s (inf = all at once), or a comma list to sweep; "
         "--concurrency (one value) then caps requests in flight",
+    )
+    parser.add_argument(
+        "--ramp-up-s",
+        type=float,
+        default=0.0,
+        help="closed loop: start the workers evenly over this many seconds (0 = all at once)",
     )
     parser.add_argument("--num-requests", type=int, default=64, help="requests per run")
     parser.add_argument("--max-duration-s", type=float, default=300.0, help="time cap per run")
@@ -646,6 +663,7 @@ async def bench(arguments: argparse.Namespace) -> dict[str, Any]:
     max_tokens = MaxTokens.parse(arguments.max_tokens)
     slo = Slo.parse(arguments.goodput)
     varied, loads = sweep_loads(arguments.concurrency, arguments.request_rate)
+    loads = [dataclasses.replace(load, ramp_up_s=arguments.ramp_up_s) for load in loads]
     progress = None if arguments.quiet else sys.stderr
     if arguments.warmup:
         await run_load(
@@ -755,7 +773,11 @@ def format_table(result: dict[str, Any]) -> str:
         return f"{summary[key]:.1f}" if summary else "-"
 
     for run in result["runs"]:
-        load = Load(run["load"]["concurrency"], _load_value(run, "rate"))
+        load = Load(
+            run["load"]["concurrency"],
+            _load_value(run, "rate"),
+            float(run["load"].get("ramp_up_s", 0.0)),
+        )
         lines.append(
             f"{load.describe():<24}{run['completed']:>5}{run['failed']:>5}"
             f"{run['request_throughput']:>8.2f}{run['output_throughput']:>11.1f}"
@@ -775,6 +797,8 @@ def bench_command(argv: Sequence[str]) -> int:
         sweep_loads(arguments.concurrency, arguments.request_rate)
         if not re.fullmatch(r"\d+(:\d+)?", arguments.prompt_words):
             raise ValueError("--prompt-words must be N or LOW:HIGH")
+        if not arguments.ramp_up_s >= 0:  # also rejects nan
+            raise ValueError("--ramp-up-s must not be negative")
     except ValueError as error:
         parser.error(str(error))
     try:

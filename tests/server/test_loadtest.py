@@ -244,12 +244,27 @@ async def test_streaming_run_measures_every_request(fake_url: str, endpoint: str
     assert (summary["completed"], summary["failed"]) == (12, 0)
     assert summary["output_tokens"] == 60  # from usage, 5 per request
     assert summary["prompt_tokens"] == 36
-    assert summary["load"] == {"concurrency": 4, "rate": "inf"}
+    assert summary["load"] == {"concurrency": 4, "rate": "inf", "ramp_up_s": 0.0}
     # Five content chunks per request: one TTFT and four gaps each.
     assert summary["ttft_ms"] is not None
     assert summary["itl_ms"] is not None
     assert summary["tpot_ms"] is not None
     assert summary["ttft_ms"]["p50"] <= summary["e2el_ms"]["p50"]
+
+
+async def test_a_ramped_closed_loop_starts_its_workers_over_the_ramp(fake_url: str) -> None:
+    """Four workers over 0.8 s: the last starts at 0.6 s, so the run lasts at least that long;
+    the same requests without a ramp finish far sooner (the fake answers in a few ms)."""
+    target = Target(fake_url, "completions", "fake-model", stream=True)
+    common = {"num_requests": 4, "max_duration_s": 60}
+    burst = await loadtest.run_load(target, _prompts(4), MaxTokens.parse("2"), Load(4), **common)
+    ramped = await loadtest.run_load(
+        target, _prompts(4), MaxTokens.parse("2"), Load(4, ramp_up_s=0.8), **common
+    )
+    assert (burst["completed"], ramped["completed"]) == (4, 4)
+    assert ramped["load"]["ramp_up_s"] == 0.8
+    assert ramped["duration_s"] >= 0.6
+    assert burst["duration_s"] < 0.5
 
 
 async def test_non_streaming_poisson_run(fake_url: str) -> None:
@@ -266,7 +281,7 @@ async def test_non_streaming_poisson_run(fake_url: str) -> None:
     assert 20 <= summary["output_tokens"] <= 60
     assert summary["ttft_ms"] is None
     assert summary["e2el_ms"] is not None
-    assert summary["load"] == {"concurrency": 2, "rate": 200.0}
+    assert summary["load"] == {"concurrency": 2, "rate": 200.0, "ramp_up_s": 0.0}
 
 
 async def test_errors_are_counted_by_status(fake_url: str) -> None:
@@ -336,6 +351,10 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["bench", "--max-tokens", "exp:oops"])
     assert exit_info.value.code == 2
     assert "max-tokens" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--ramp-up-s", "-1"])
+    assert exit_info.value.code == 2
+    assert "ramp-up-s" in capsys.readouterr().err
 
 
 def test_bench_imports_no_torch() -> None:
