@@ -8,7 +8,8 @@ The asyncio side (`generate`, the streams, `stop`) and one dedicated step thread
   step's token budget (prompt tokens + one decode token per running row) and `max_batch_size`
   allow, prefill the newcomers, then decode one token for every running row (newcomers included);
   finished rows leave at once, so a freed slot is reused at the very next step.
-- Each step's tokens go to the streams in one `loop.call_soon_threadsafe` per event loop. Streams
+- Each step's tokens go to the streams in one `loop.call_soon_threadsafe` per event loop (twice
+  when the step prefilled: first tokens are handed over before the decode). Streams
   detokenise on the event loop and look for stop strings there (off the step thread); a stream that
   finds one, or is closed or cancelled by its consumer, tells the step thread, which frees the row
   at its next step.
@@ -373,6 +374,10 @@ class ContinuousBatchingEngine:
         chunked = self._chunking is not None
         if chunked:
             prefill_tokens += self._prefill_chunk(prefill_tokens)
+        if prefill_tokens and self._running:
+            # Newcomers' first tokens go out now, not after this step's decode: a request's
+            # time to first token is then its wait plus its prefill, whatever the batch decodes.
+            self._flush()
         decode_tokens = self._decode() if self._running else 0
         if self._finished_rows:
             self._runner.release(self._finished_rows)

@@ -120,6 +120,44 @@ async def test_finished_sequences_leave_and_queued_join_every_step() -> None:
     assert runner.decodes[1] == [1, 2]
 
 
+class _SlowDecodeRunner(FakeRunner):
+    """Decodes take `DECODE_S`; records when each decode ended."""
+
+    DECODE_S = 0.3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decode_ends: list[float] = []
+
+    def decode(self) -> tuple[list[int], list[int]]:
+        time.sleep(self.DECODE_S)
+        result = super().decode()
+        self.decode_ends.append(time.monotonic())
+        return result
+
+
+async def test_a_newcomers_first_token_is_delivered_before_the_step_decodes() -> None:
+    """TTFT = wait + prefill: the first token does not also wait for the batch's decode."""
+    runner = _SlowDecodeRunner()
+    engine, _, _ = make_engine(runner, max_batch_size=4)
+    await engine.start()
+    running = engine.generate(request("running", max_tokens=8))
+    await wait_until(lambda: len(runner.decodes) >= 1)
+    late = engine.generate(request("late", max_tokens=3))
+    first = await anext(late)
+    first_at = time.monotonic()
+    assert first.text == expected_text("hi", 1)
+    rest = await collect(late)
+    await collect(running)
+    await engine.stop(5)
+    # The decode that ran right after "late"'s prefill (the first one containing its row) ended
+    # after "late" already had its first token.
+    [late_id] = {seq_id for seq_ids in runner.prefills for seq_id in seq_ids} - {0}
+    step = next(i for i, seq_ids in enumerate(runner.decodes) if late_id in seq_ids)
+    assert first_at < runner.decode_ends[step] - _SlowDecodeRunner.DECODE_S / 2
+    assert text_of([first, *rest]) == expected_text("hi", 3)
+
+
 async def test_token_budget_limits_the_prefill_of_one_step() -> None:
     # Each 8-token prompt costs 9 (prefill + its first decode); a budget of 20 fits two per step.
     engine, runner, observer = make_engine(max_batch_tokens=20, max_batch_size=8)
