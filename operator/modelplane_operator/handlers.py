@@ -1,14 +1,16 @@
-"""kopf handlers: thin entry points that all end in `Reconciler.reconcile_key`.
+"""kopf handlers: thin entry points that hand watch events to the `Reconciler`.
 
-- create/update/resume of a ModelDeployment reconcile it (kopf retries on TemporaryError);
-- events of its Deployments, Pods, Services, HPAs and PDBs (selected by our managed-by label)
-  re-reconcile the owner, which is what keeps status truthful and reverts hand edits promptly;
-- a resync loop started at startup re-reconciles everything periodically (drift of kinds not
-  watched, e.g. NetworkPolicy). It is our own task rather than `@kopf.timer` because kopf puts a
-  finalizer on every object with a timer, and nothing outside Kubernetes needs cleaning up.
+kopf is our watch multiplexer, not our state machine: every event of a ModelDeployment and of its
+Deployments, Pods, Services, HPAs and PDBs (selected by our managed-by label) goes to
+`Reconciler.notice`, which keeps the object in the cache and queues the owner's reconcile when
+something changed. There are no kopf change handlers (create/update/resume), so kopf writes
+nothing of its own to ModelDeployments (no last-handled-configuration, no progress, no
+finalizers); level-based reconciles need none of it, and retries are the work queue's.
 
-Error policy, in one place (`_reconcile`): an invalid spec is a PermanentError (its condition is
-already in status), an API error a TemporaryError with the configured delay.
+A resync loop started at startup re-queues every ModelDeployment periodically, reading the kinds
+nobody watches (NetworkPolicy, ServiceMonitor) from the API to catch their drift. It is our own
+task rather than `@kopf.timer` because kopf puts a finalizer on every object with a timer, and
+nothing outside Kubernetes needs cleaning up.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,25 +25,18 @@ import kopf
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
-from modelplane_operator.kube import NOT_FOUND, Kube
-from modelplane_operator.models import GROUP, PLURAL, VERSION
-from modelplane_operator.reconcile import InvalidSpecError, Reconciler
+from modelplane_operator.cache import ObjectCache
+from modelplane_operator.kube import WATCHED_KINDS, Kube
+from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from modelplane_operator.reconcile import Reads, Reconciler
 from modelplane_operator.render import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
 from modelplane_operator.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
-FORBIDDEN = 403
 MANAGED: dict[str, Any] = {
     LABEL_MANAGED_BY: FIELD_MANAGER,
     LABEL_INSTANCE: kopf.PRESENT,
 }
-WATCHED_CHILDREN = (
-    ("apps/v1", "deployments"),
-    ("v1", "pods"),
-    ("v1", "services"),
-    ("autoscaling/v2", "horizontalpodautoscalers"),
-    ("policy/v1", "poddisruptionbudgets"),
-)
 
 
 @dataclass
@@ -80,11 +74,23 @@ def login(**kwargs: Any) -> Any:
 async def startup(memo: Any, logger: Any, **_: Any) -> None:
     """Create the API client and the reconciler; start the resync loop."""
     context = context_of(memo)
+    settings = context.settings
     context.client = AsyncClient(
         config=KubeConfig.from_env(), lazy=False, field_manager=FIELD_MANAGER
     )
-    kube = Kube(context.client, conflict_retries=context.settings.conflict_retries)
-    context.reconciler = Reconciler(kube)
+    kube = Kube(
+        context.client,
+        conflict_retries=settings.conflict_retries,
+        cache=ObjectCache(),
+        crd_refresh_seconds=settings.crd_refresh_seconds,
+    )
+    context.reconciler = Reconciler(
+        kube,
+        workers=settings.workers,
+        debounce_seconds=settings.debounce_seconds,
+        retry_delay_seconds=settings.retry_delay_seconds,
+    )
+    context.tasks.append(asyncio.create_task(context.reconciler.run()))
     context.tasks.append(asyncio.create_task(_resync_forever(context, logger)))
 
 
@@ -101,63 +107,31 @@ async def cleanup(memo: Any, **_: Any) -> None:
         await context.client.close()
 
 
-def namespace_going_away(error: ApiError) -> bool:
-    """Whether the API refused because the namespace is terminating or gone (nothing to fix)."""
-    message = error.status.message or ""
-    terminating = error.status.code == FORBIDDEN and "is being terminated" in message
-    gone = error.status.code == NOT_FOUND and message.startswith("namespaces ")
-    return terminating or gone
-
-
-async def _reconcile(context: OperatorContext, namespace: str, name: str) -> None:
-    try:
-        await context.active.reconcile_key(namespace, name)
-    except InvalidSpecError as error:
-        raise kopf.PermanentError(f"invalid spec: {error}") from error
-    except ApiError as error:
-        if namespace_going_away(error):
-            return  # garbage collection removes the ModelDeployment and its children
-        raise kopf.TemporaryError(
-            f"API error {error.status.code}: {error.status.message}",
-            delay=context.settings.retry_delay_seconds,
-        ) from error
-    except Exception as error:
-        # Transport errors and non-Status HTTP errors (e.g. a kind that stopped being served
-        # between discovery and use) are transient too; kopf would otherwise retry after 60 s.
-        raise kopf.TemporaryError(
-            f"{type(error).__name__}: {error}", delay=context.settings.retry_delay_seconds
-        ) from error
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-@kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-async def reconcile_model_deployment(memo: Any, namespace: str | None, name: str, **_: Any) -> None:
-    """Create, update and resume are the same level-based reconcile."""
-    await _reconcile(context_of(memo), namespace or "", name)
+def _notice(memo: Any, api_version: str, kind: str, event: Any) -> None:
+    # Handlers are coroutines so that kopf runs them on the loop, not in its thread pool.
+    context_of(memo).active.notice(api_version, kind, event.get("type"), event["object"])
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-async def model_deployment_event(
-    memo: Any, type: str, namespace: str | None, name: str, **_: Any
-) -> None:
-    """Forget a deleted ModelDeployment (its children go with it through owner references)."""
-    if type == "DELETED":
-        context_of(memo).active.forget(namespace or "", name)
+async def model_deployment_event(memo: Any, event: Any, **_: Any) -> None:
+    """Any change of a ModelDeployment (ours included; the cache drops echoes of our writes)."""
+    _notice(memo, API_VERSION, KIND, event)
 
 
-async def child_changed(
-    memo: Any, namespace: str | None, labels: Mapping[str, str], logger: Any, **_: Any
-) -> None:
-    """A child or pod changed: re-reconcile its owner; errors wait for the next trigger."""
-    try:
-        await _reconcile(context_of(memo), namespace or "", labels[LABEL_INSTANCE])
-    except (kopf.PermanentError, kopf.TemporaryError) as error:
-        logger.warning(f"reconcile after a child's change failed: {error}")
+def child_event(api_version: str, kind: str) -> Any:
+    """The handler for one watched child kind: its owner is named by the instance label."""
+
+    async def child_changed(memo: Any, event: Any, **_: Any) -> None:
+        _notice(memo, api_version, kind, event)
+
+    child_changed.__name__ = child_changed.__qualname__ = f"{kind.lower()}_event"
+    return child_changed
 
 
-for _group_version, _plural in WATCHED_CHILDREN:
-    kopf.on.event(_group_version, _plural, labels=MANAGED, registry=registry)(child_changed)
+for (_api_version, _kind), _plural in WATCHED_KINDS.items():
+    kopf.on.event(_api_version, _plural, labels=MANAGED, registry=registry)(
+        child_event(_api_version, _kind)
+    )
 
 
 def _listing_scopes(patterns: list[str]) -> list[str | None]:
@@ -183,9 +157,5 @@ async def _resync_forever(context: OperatorContext, logger: Any) -> None:
                 continue
             for body in bodies:
                 metadata = body["metadata"]
-                if not _watched(metadata["namespace"], patterns):
-                    continue
-                try:
-                    await _reconcile(context, metadata["namespace"], metadata["name"])
-                except (kopf.PermanentError, kopf.TemporaryError) as error:
-                    logger.warning(f"resync of {metadata['name']} failed: {error}")
+                if _watched(metadata["namespace"], patterns):
+                    context.active.enqueue(metadata["namespace"], metadata["name"], Reads.RESYNC)

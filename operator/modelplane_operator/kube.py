@@ -4,6 +4,10 @@ Reads return plain dicts in API form. Writes are server-side apply with one fiel
 `force=True`, and happen only when the live object differs from the desired one in a field we
 manage (`needs_apply`), so a converged cluster sees no writes at all. A 409 conflict is retried
 quickly here, in one place; every other API error propagates to the caller.
+
+Given an `ObjectCache` (the running operator's), every read and write response is kept there, and
+reads with `cached=True` answer from it without an API call; without one every read goes to the
+API. Whether a CRD is installed is remembered for `crd_refresh_seconds`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import InvalidOperation
 from typing import Any, TypeVar
@@ -27,7 +32,8 @@ from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 from lightkube.utils.quantity import parse_quantity
 
-from modelplane_operator.models import GROUP, KIND, PLURAL, VERSION
+from modelplane_operator.cache import ObjectCache
+from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.render import FIELD_MANAGER
 
 Object = dict[str, Any]
@@ -47,6 +53,16 @@ CHILD_KINDS: dict[tuple[str, str], type[NamespacedResource]] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitorResource,
 }
+# Kinds whose changes kopf delivers to us (see handlers), by (apiVersion, kind): their plural. What
+# the cache holds of them follows the cluster; other kinds are only as fresh as our last read.
+WATCHED_KINDS: dict[tuple[str, str], str] = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+}
+POD = ("v1", "Pod")
 HASH_ANNOTATION = f"{GROUP}/applied-hash"
 CONFLICT = 409
 NOT_FOUND = 404
@@ -130,10 +146,21 @@ class Kube:
         *,
         conflict_retries: int = 3,
         conflict_delay_seconds: float = 0.2,
+        cache: ObjectCache | None = None,
+        crd_refresh_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        self.cache = cache
         self._conflict_retries = conflict_retries
         self._conflict_delay = conflict_delay_seconds
+        self._crd_refresh = crd_refresh_seconds
+        self._clock = clock
+        self._crds: dict[str, tuple[float, bool]] = {}
+
+    def _keep(self, api_version: str, kind: str, item: Object) -> None:
+        if self.cache is not None:
+            self.cache.put(api_version, kind, item)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying 409 Conflict a few times with a short pause."""
@@ -146,15 +173,23 @@ class Kube:
                 await asyncio.sleep(self._conflict_delay * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def get(self, api_version: str, kind: str, name: str, namespace: str) -> Object | None:
-        """The live object, or None when it does not exist."""
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str, *, cached: bool = False
+    ) -> Object | None:
+        """The live object, or None when it does not exist; `cached`: as the cache holds it."""
+        if cached and self.cache is not None:
+            return self.cache.get(api_version, kind, namespace, name)
         resource = CHILD_KINDS[(api_version, kind)]
         try:
-            return to_object(await self.client.get(resource, name, namespace=namespace))
+            live = to_object(await self.client.get(resource, name, namespace=namespace))
         except ApiError as error:
             if error.status.code == NOT_FOUND:
+                if self.cache is not None:
+                    self.cache.forget(api_version, kind, namespace, name)
                 return None
             raise
+        self._keep(api_version, kind, live)
+        return live
 
     async def apply(self, manifest: Object) -> Object:
         """Server-side apply of one child as the operator's field manager."""
@@ -173,7 +208,9 @@ class Kube:
             )
             return to_object(applied)
 
-        return await self._retrying(call)
+        live = await self._retrying(call)
+        self._keep(manifest["apiVersion"], manifest["kind"], live)
+        return live
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         """Delete a child; already gone is fine."""
@@ -183,52 +220,82 @@ class Kube:
         except ApiError as error:
             if error.status.code != NOT_FOUND:
                 raise
+        if self.cache is not None:
+            self.cache.forget(api_version, kind, namespace, name)
 
     async def list_children(
-        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        labels: Mapping[str, str],
+        *,
+        cached: bool = False,
     ) -> list[Object]:
-        """Children of one kind in a namespace, selected by labels."""
-        resource = CHILD_KINDS[(api_version, kind)]
-        return [
+        """Objects of one kind in a namespace selected by labels (naming the instance)."""
+        if cached and self.cache is not None:
+            return self.cache.select(api_version, kind, namespace, labels)
+        resource = Pod if (api_version, kind) == POD else CHILD_KINDS[(api_version, kind)]
+        items = [
             to_object(item)
             async for item in self.client.list(resource, namespace=namespace, labels=dict(labels))
         ]
+        for item in items:
+            self._keep(api_version, kind, item)
+        return items
 
-    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[Object]:
-        """Pods selected by labels."""
-        return [
-            to_object(item)
-            async for item in self.client.list(Pod, namespace=namespace, labels=dict(labels))
-        ]
+    async def list_pods(
+        self, namespace: str, labels: Mapping[str, str], *, cached: bool = False
+    ) -> list[Object]:
+        """Pods selected by labels (naming the instance)."""
+        return await self.list_children(*POD, namespace, labels, cached=cached)
 
     async def crd_installed(self, name: str) -> bool:
-        """Whether a CustomResourceDefinition exists (e.g. the Prometheus Operator's)."""
+        """Whether a CustomResourceDefinition exists (e.g. the Prometheus Operator's); the answer
+        is reused for `crd_refresh_seconds`, so a CRD installed later is noticed within that."""
+        checked = self._crds.get(name)
+        if checked is not None and self._clock() - checked[0] < self._crd_refresh:
+            return checked[1]
         try:
             await self.client.get(CustomResourceDefinition, name)
+            installed = True
         except ApiError as error:
-            if error.status.code == NOT_FOUND:
-                return False
-            raise
-        return True
+            if error.status.code != NOT_FOUND:
+                raise
+            installed = False
+        self._crds[name] = (self._clock(), installed)
+        return installed
 
-    async def get_model_deployment(self, namespace: str, name: str) -> Object | None:
-        """A ModelDeployment, or None when it is gone."""
+    async def get_model_deployment(
+        self, namespace: str, name: str, *, cached: bool = False
+    ) -> Object | None:
+        """A ModelDeployment, or None when it is gone; `cached`: as the cache holds it, reading
+        the API only when the cache holds nothing."""
+        if cached and self.cache is not None:
+            held = self.cache.get(API_VERSION, KIND, namespace, name)
+            if held is not None:
+                return held
         try:
-            return to_object(
+            body = to_object(
                 await self.client.get(ModelDeploymentResource, name, namespace=namespace)
             )
         except ApiError as error:
             if error.status.code == NOT_FOUND:
                 return None
             raise
+        self._keep(API_VERSION, KIND, body)
+        return body
 
     async def list_model_deployments(self, namespace: str | None) -> list[Object]:
         """ModelDeployments in one namespace, or in all of them when namespace is None."""
         scope = "*" if namespace is None else namespace
-        return [
+        bodies = [
             to_object(item)
             async for item in self.client.list(ModelDeploymentResource, namespace=scope)
         ]
+        for body in bodies:
+            self._keep(API_VERSION, KIND, body)
+        return bodies
 
     async def apply_status(self, name: str, namespace: str, status: Object) -> None:
         """Server-side apply of the status subresource: fields we stop sending disappear."""
@@ -238,7 +305,7 @@ class Kube:
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
-        await self._retrying(
+        written = await self._retrying(
             lambda: self.client.patch(
                 ModelDeploymentResource.Status,
                 name,
@@ -249,3 +316,5 @@ class Kube:
                 force=True,
             )
         )
+        # Held at once: a reconcile before the watch echoes this write compares against it.
+        self._keep(API_VERSION, KIND, to_object(written))

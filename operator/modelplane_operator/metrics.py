@@ -34,11 +34,14 @@ READY_STATES = ("True", "False", "Unknown")
 _ready_by_key: dict[tuple[str, str], str] = {}
 
 
-def _publish() -> None:
-    for state in READY_STATES:
-        MANAGED.labels(ready=state).set(
-            sum(1 for value in _ready_by_key.values() if value == state)
-        )
+def _move(key: tuple[str, str], ready: str | None) -> None:
+    # Adjust the gauge by one rather than recounting every key: reconciles run thousands of times.
+    previous = _ready_by_key.pop(key, None)
+    if previous is not None:
+        MANAGED.labels(ready=previous).dec()
+    if ready is not None:
+        _ready_by_key[key] = ready
+        MANAGED.labels(ready=ready).inc()
 
 
 def record_reconcile(key: tuple[str, str], result: str, seconds: float, ready: str | None) -> None:
@@ -48,14 +51,12 @@ def record_reconcile(key: tuple[str, str], result: str, seconds: float, ready: s
     if result != "success":
         ERRORS.inc()
     if ready is not None:
-        _ready_by_key[key] = ready if ready in READY_STATES else "Unknown"
-    _publish()
+        _move(key, ready if ready in READY_STATES else "Unknown")
 
 
 def forget(key: tuple[str, str]) -> None:
     """A ModelDeployment was deleted: stop counting it."""
-    _ready_by_key.pop(key, None)
-    _publish()
+    _move(key, None)
 
 
 def serve(port: int) -> None:

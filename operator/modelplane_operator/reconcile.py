@@ -5,28 +5,43 @@ the live children, applies only those that differ from what `render` wants, dele
 are no longer wanted (found by labels and owner uid), and writes status only when it changed, so
 running it on a converged ModelDeployment makes no writes at all.
 
-`Reconciler` serialises work per ModelDeployment (one running, at most one queued: bursts of pod
-events coalesce) and records the operator's metrics.
+`Reconciler` feeds it from a work queue (one reconcile per ModelDeployment at a time, bursts of
+triggers coalesced, failures retried by one policy), keeps the cache up to date from the watch
+events it is handed, and records the operator's metrics. Most reconciles read only the cache
+(`Reads`); the first one of each ModelDeployment, and the resync for kinds nobody watches, read
+the API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from lightkube import ApiError
 from pydantic import ValidationError
 
 from modelplane_operator import metrics
 from modelplane_operator.conditions import READY, Condition, find, merge_conditions
 from modelplane_operator.diagnose import INVALID_SPEC, observe
-from modelplane_operator.kube import CHILD_KINDS, Kube, needs_apply, with_hash
-from modelplane_operator.models import ModelDeploymentSpec
+from modelplane_operator.kube import (
+    CHILD_KINDS,
+    NOT_FOUND,
+    POD,
+    WATCHED_KINDS,
+    Kube,
+    needs_apply,
+    with_hash,
+)
+from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
 from modelplane_operator.render import (
     FIELD_MANAGER,
+    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     SERVICE_MONITOR_CRD,
     Owner,
@@ -39,6 +54,8 @@ from modelplane_operator.render import (
 
 Object = dict[str, Any]
 Key = tuple[str, str]
+FORBIDDEN = 403
+logger = logging.getLogger(__name__)
 
 # Status fields this operator owns; anything else in status is left alone by the comparison.
 STATUS_FIELDS = (
@@ -54,6 +71,24 @@ STATUS_FIELDS = (
     "url",
     "resolved",
 )
+
+
+class Reads(enum.IntEnum):
+    """Where one reconcile reads the live children from; a larger value reads more from the API.
+
+    CACHE: everything from the cache (what watch events and our own requests left there).
+    RESYNC: watched kinds from the cache, the others (NetworkPolicy, ServiceMonitor) from the API,
+    which is how their drift is noticed. API: everything from the API (the first reconcile of a
+    ModelDeployment in this process, before the cache has seen its children).
+    """
+
+    CACHE = 0
+    RESYNC = 1
+    API = 2
+
+    def cached(self, kind_key: tuple[str, str]) -> bool:
+        """Whether objects of this kind are read from the cache."""
+        return self is Reads.CACHE or (self is Reads.RESYNC and kind_key in WATCHED_KINDS)
 
 
 class InvalidSpecError(Exception):
@@ -114,14 +149,16 @@ def _owned_by(item: Object, uid: str) -> bool:
 
 
 async def _apply_children(
-    kube: Kube, children: list[Object], outcome: Outcome
+    kube: Kube, children: list[Object], outcome: Outcome, reads: Reads
 ) -> dict[tuple[str, str], Object | None]:
     """Apply each child that differs from its live object; the live objects, by kind."""
     live_children: dict[tuple[str, str], Object | None] = {}
     for child in (with_hash(manifest) for manifest in children):
         kind_key = (child["apiVersion"], child["kind"])
         metadata = child["metadata"]
-        live = await kube.get(*kind_key, metadata["name"], metadata["namespace"])
+        live = await kube.get(
+            *kind_key, metadata["name"], metadata["namespace"], cached=reads.cached(kind_key)
+        )
         if needs_apply(child, live):
             live = await kube.apply(child)
             outcome.applied.append(f"{child['kind']}/{metadata['name']}")
@@ -130,18 +167,23 @@ async def _apply_children(
 
 
 async def _delete_unwanted(
-    kube: Kube, kinds: list[tuple[str, str]], owner: Owner, outcome: Outcome
+    kube: Kube, kinds: list[tuple[str, str]], owner: Owner, outcome: Outcome, reads: Reads
 ) -> None:
     """Delete our children of kinds no longer wanted: found by labels, confirmed by owner uid."""
     selector = {**selector_labels(owner.name), LABEL_MANAGED_BY: FIELD_MANAGER}
     for kind_key in kinds:
-        for item in await kube.list_children(*kind_key, owner.namespace, selector):
+        found = await kube.list_children(
+            *kind_key, owner.namespace, selector, cached=reads.cached(kind_key)
+        )
+        for item in found:
             if _owned_by(item, owner.uid or ""):
                 await kube.delete(*kind_key, item["metadata"]["name"], owner.namespace)
                 outcome.deleted.append(f"{kind_key[1]}/{item['metadata']['name']}")
 
 
-async def reconcile(kube: Kube, body: Object, now: Callable[[], str] = utc_now) -> Outcome:
+async def reconcile(
+    kube: Kube, body: Object, now: Callable[[], str] = utc_now, reads: Reads = Reads.API
+) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec."""
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
@@ -164,15 +206,15 @@ async def reconcile(kube: Kube, body: Object, now: Callable[[], str] = utc_now) 
     rendered = render(owner, spec, RenderOptions(prometheus_operator=prometheus))
     outcome = Outcome(ready="Unknown", reason="")
 
-    live_children = await _apply_children(kube, rendered.children, outcome)
+    live_children = await _apply_children(kube, rendered.children, outcome, reads)
     unwanted = [
         kind_key
         for kind_key in CHILD_KINDS
         if kind_key not in live_children and (kind_key[1] != "ServiceMonitor" or prometheus)
     ]
-    await _delete_unwanted(kube, unwanted, owner, outcome)
+    await _delete_unwanted(kube, unwanted, owner, outcome, reads)
 
-    pods = await kube.list_pods(namespace, selector_labels(name))
+    pods = await kube.list_pods(namespace, selector_labels(name), cached=reads.cached(POD))
     observed = observe(
         deployment=live_children.get(("apps/v1", "Deployment")),
         pods=pods,
@@ -203,41 +245,148 @@ async def reconcile(kube: Kube, body: Object, now: Callable[[], str] = utc_now) 
     return outcome
 
 
-@dataclass
-class _KeyState:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    queued: bool = False
+def namespace_going_away(error: ApiError) -> bool:
+    """Whether the API refused because the namespace is terminating or gone (nothing to fix)."""
+    message = error.status.message or ""
+    terminating = error.status.code == FORBIDDEN and "is being terminated" in message
+    gone = error.status.code == NOT_FOUND and message.startswith("namespaces ")
+    return terminating or gone
+
+
+def retry_delay(error: Exception, delay_seconds: float) -> float | None:
+    """The error policy, in one place: how long until a failed reconcile is retried (None: not
+    until something changes). An invalid spec waits for an edit (its condition is in status); a
+    namespace going away takes the ModelDeployment with it; anything else (API errors, transport
+    errors, a kind no longer served) is transient. 409 conflicts were already retried in `kube`."""
+    if isinstance(error, InvalidSpecError):
+        return None
+    if isinstance(error, ApiError) and namespace_going_away(error):
+        return None
+    return delay_seconds
 
 
 class Reconciler:
-    """Runs `reconcile` per ModelDeployment, one at a time, coalescing bursts of triggers."""
+    """Runs `reconcile` per ModelDeployment from a work queue.
 
-    def __init__(self, kube: Kube) -> None:
+    A key is queued at most once; a trigger for a key that is being reconciled marks it to run
+    once more afterwards; triggers wait `debounce_seconds` before a worker takes them, and
+    `workers` keys are reconciled at once. A burst of events for one ModelDeployment (its
+    children's and pods') thus becomes one reconcile, never two running side by side.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        workers: int = 16,
+        debounce_seconds: float = 0.0,
+        retry_delay_seconds: float = 5.0,
+    ) -> None:
         self.kube = kube
-        self._keys: dict[Key, _KeyState] = {}
+        self._workers = workers
+        self._debounce = debounce_seconds
+        self._retry_delay = retry_delay_seconds
+        self._pending: dict[Key, Reads] = {}  # queued, or waiting out the debounce
+        self._ready: asyncio.Queue[Key] = asyncio.Queue()
+        self._running: dict[Key, Reads | None] = {}  # a trigger that came meanwhile, if any
+        self._seen: set[Key] = set()  # reconciled at least once by this process
 
-    async def reconcile_key(self, namespace: str, name: str) -> Outcome | None:
-        """Reconcile the ModelDeployment as it is now; None if gone or already queued."""
-        state = self._keys.setdefault((namespace, name), _KeyState())
-        if state.queued:
+    def notice(self, api_version: str, kind: str, event_type: str | None, item: Object) -> None:
+        """A watch event: keep the object and queue its ModelDeployment if anything changed."""
+        if self.kube.cache is None:
+            raise RuntimeError("noticing watch events needs a Kube with a cache")
+        metadata = item["metadata"]
+        namespace = metadata.get("namespace", "")
+        own = (api_version, kind) == (API_VERSION, KIND)
+        owner = metadata["name"] if own else (metadata.get("labels") or {}).get(LABEL_INSTANCE)
+        if event_type == "DELETED":
+            changed = self.kube.cache.remove(api_version, kind, item)
+            if own:
+                self.forget(namespace, metadata["name"])
+                return
+        else:
+            changed = self.kube.cache.put(api_version, kind, item)
+        if changed and owner:
+            self.enqueue(namespace, owner)
+
+    def enqueue(
+        self, namespace: str, name: str, reads: Reads = Reads.CACHE, delay: float | None = None
+    ) -> None:
+        """Queue a reconcile of one ModelDeployment (after `delay`, default the debounce)."""
+        key = (namespace, name)
+        if key in self._running:
+            again = self._running[key]
+            self._running[key] = reads if again is None else max(again, reads)
+            return
+        if key in self._pending:
+            self._pending[key] = max(self._pending[key], reads)
+            return
+        self._pending[key] = reads
+        wait = self._debounce if delay is None else delay
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self._ready.put_nowait, key)
+        else:
+            self._ready.put_nowait(key)
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is queued or running."""
+        return not self._pending and not self._running
+
+    async def run(self) -> None:
+        """Work the queue with `workers` tasks until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self._workers):
+                group.create_task(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._ready.get()
+            reads = self._pending.pop(key, None)
+            if reads is None:
+                continue  # forgotten while it waited
+            self._running[key] = None
+            retry: float | None = None
+            try:
+                await self.reconcile_key(*key, reads)
+            except Exception as error:  # the policy decides; the worker goes on
+                retry = retry_delay(error, self._retry_delay)
+                if retry is not None or isinstance(error, InvalidSpecError):
+                    logger.warning("reconcile of %s/%s failed: %s", *key, _describe(error))
+            finally:
+                again = self._running.pop(key)
+            if again is not None:
+                self.enqueue(*key, reads=max(again, reads) if retry is not None else again)
+            elif retry is not None:
+                self.enqueue(*key, reads=reads, delay=retry)
+
+    async def reconcile_key(
+        self, namespace: str, name: str, reads: Reads = Reads.CACHE
+    ) -> Outcome | None:
+        """Reconcile the ModelDeployment as it is now; None if it is gone or going away.
+
+        Its first reconcile in this process reads its children from the API, unless it has no
+        status yet (nothing has reconciled it, so there is nothing to read).
+        """
+        key = (namespace, name)
+        body = await self.kube.get_model_deployment(namespace, name, cached=reads is not Reads.API)
+        if body is None:
+            self.forget(namespace, name)
             return None
-        state.queued = True
-        async with state.lock:
-            state.queued = False
-            body = await self.kube.get_model_deployment(namespace, name)
-            if body is None:
-                self.forget(namespace, name)
-                return None
-            if body["metadata"].get("deletionTimestamp"):
-                return None  # going away; owner references take the children with it
-            return await self._measured(body)
+        if body["metadata"].get("deletionTimestamp"):
+            return None  # going away; owner references take the children with it
+        if key not in self._seen and body.get("status"):
+            reads = Reads.API
+        outcome = await self._measured(body, reads)
+        self._seen.add(key)
+        return outcome
 
-    async def _measured(self, body: Object) -> Outcome:
+    async def _measured(self, body: Object, reads: Reads) -> Outcome:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         started = time.perf_counter()
         try:
-            outcome = await reconcile(self.kube, body)
+            outcome = await reconcile(self.kube, body, reads=reads)
         except InvalidSpecError:
             metrics.record_reconcile(key, "invalid", time.perf_counter() - started, ready="False")
             raise
@@ -249,5 +398,13 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop bookkeeping for a deleted ModelDeployment."""
-        self._keys.pop((namespace, name), None)
-        metrics.forget((namespace, name))
+        key = (namespace, name)
+        self._pending.pop(key, None)
+        self._seen.discard(key)
+        metrics.forget(key)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ApiError):
+        return f"API error {error.status.code}: {error.status.message}"
+    return f"{type(error).__name__}: {error}"

@@ -1,7 +1,8 @@
 """The operator's configuration (environment variables `MODELPLANE_OPERATOR_*`) and kopf's settings.
 
-kopf keeps its own bookkeeping (handler progress, the last-handled spec) in annotations under our
-API group, never in `status`, which belongs to the ModelDeployment API.
+The operator registers no kopf change handlers, so kopf keeps no bookkeeping on the objects; the
+storages are still pointed at annotations under our API group (never `status`, which belongs to
+the ModelDeployment API) so that nothing kopf might write lands under `kopf.zalando.org`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ class OperatorSettings(BaseSettings):
     conflict_retries: int = Field(default=3, ge=0, description="Quick retries of a 409 Conflict.")
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="/metrics port; 0 = off.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="/healthz port; 0 = off.")
+    workers: int = Field(
+        default=16, ge=1, description="ModelDeployments reconciled at once (requests in flight)."
+    )
+    debounce_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        description="How long a trigger waits before its reconcile, so a burst becomes one.",
+    )
+    crd_refresh_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long the presence of an optional CRD (ServiceMonitor) is remembered.",
+    )
     watch_backoff_seconds: float = Field(
         default=1.0, gt=0, description="Pause before kopf re-opens a failed watch."
     )

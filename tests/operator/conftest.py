@@ -48,6 +48,7 @@ def running_operator(cluster: Cluster, modeldeployment_crd: None) -> Iterator[Ru
         namespaces=[TEST_NAMESPACES],
         resync_seconds=3,
         retry_delay_seconds=1,
+        crd_refresh_seconds=2,
         metrics_port=0,
         health_port=0,
     )

@@ -1,22 +1,29 @@
 """reconcile() and the Reconciler against an in-memory API (no cluster): what gets applied,
-deleted and written, the invalid-spec path, and the error policy of the handlers."""
+deleted and written, the invalid-spec path, the work queue (coalescing, retries) and its error
+policy."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from typing import Any
 
-import kopf
 import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
-from modelplane_operator import handlers, metrics
+from modelplane_operator import metrics
+from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kube import Kube, is_subset
-from modelplane_operator.reconcile import InvalidSpecError, Reconciler, reconcile
-from modelplane_operator.render import LABEL_MANAGED_BY
-from modelplane_operator.settings import OperatorSettings
+from modelplane_operator.reconcile import (
+    InvalidSpecError,
+    Reads,
+    Reconciler,
+    reconcile,
+    retry_delay,
+)
+from modelplane_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
 
 UID = "11111111-2222-3333-4444-555555555555"
 Key = tuple[str, str, str]
@@ -30,11 +37,16 @@ class FakeKube:
         self.prometheus = prometheus
         self.objects: dict[Key, dict[str, Any]] = {}
         self.writes: list[str] = []
+        self.cache = ObjectCache()
+        self.reconciles = 0
+        self.fail_next: list[Exception] = []
 
     async def crd_installed(self, name: str) -> bool:
         return self.prometheus
 
-    async def get(self, api_version: str, kind: str, name: str, namespace: str) -> Any:
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str, *, cached: bool = False
+    ) -> Any:
         return copy.deepcopy(self.objects.get((kind, namespace, name)))
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +62,13 @@ class FakeKube:
         self.writes.append(f"delete {kind}")
 
     async def list_children(
-        self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        labels: dict[str, str],
+        *,
+        cached: bool = False,
     ) -> list[dict[str, Any]]:
         return [
             copy.deepcopy(item)
@@ -60,11 +78,18 @@ class FakeKube:
             and is_subset(labels, item["metadata"].get("labels", {}))
         ]
 
-    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    async def list_pods(
+        self, namespace: str, labels: dict[str, str], *, cached: bool = False
+    ) -> list[dict[str, Any]]:
         return []
 
-    async def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        await asyncio.sleep(0)  # a real read suspends; bursts of triggers overlap here
+    async def get_model_deployment(
+        self, namespace: str, name: str, *, cached: bool = False
+    ) -> dict[str, Any] | None:
+        self.reconciles += 1
+        await asyncio.sleep(0.01)  # a real reconcile takes a while; triggers arrive meanwhile
+        if self.fail_next:
+            raise self.fail_next.pop(0)
         return copy.deepcopy(self.body)
 
     async def apply_status(self, name: str, namespace: str, status: dict[str, Any]) -> None:
@@ -139,17 +164,94 @@ async def test_invalid_spec_becomes_a_condition_and_an_error() -> None:
     assert fake.objects == {}
 
 
-async def test_reconciler_coalesces_bursts_and_counts_metrics() -> None:
+async def run_until_idle(reconciler: Reconciler) -> None:
+    """Run the workers until nothing is queued or running (polled: the queue has no event)."""
+    worker = asyncio.create_task(reconciler.run())
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0.05)
+            while not reconciler.idle:  # noqa: ASYNC110  # a test poll, not production code
+                await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
+async def test_a_burst_of_triggers_becomes_one_reconcile_and_counts_metrics() -> None:
     fake = FakeKube(body())
-    reconciler = Reconciler(as_kube(fake))
+    reconciler = Reconciler(as_kube(fake), debounce_seconds=0.05)
     before = metrics.RECONCILES.labels(result="success")._value.get()
-    outcomes = await asyncio.gather(*(reconciler.reconcile_key("models", "demo") for _ in range(5)))
-    ran = [outcome for outcome in outcomes if outcome is not None]
-    # One runs, one waits; the other three are already covered by the waiting one.
-    assert len(ran) == 2
-    assert metrics.RECONCILES.labels(result="success")._value.get() == before + 2
+    for _ in range(50):
+        reconciler.enqueue("models", "demo")
+    await run_until_idle(reconciler)
+    assert fake.reconciles == 1
+    assert metrics.RECONCILES.labels(result="success")._value.get() == before + 1
     assert metrics.MANAGED.labels(ready="False")._value.get() >= 1
     reconciler.forget("models", "demo")
+
+
+async def test_child_events_during_a_reconcile_run_it_once_more_not_alongside() -> None:
+    fake = FakeKube(body())
+    reconciler = Reconciler(as_kube(fake), workers=4)
+    running = asyncio.create_task(run_until_idle(reconciler))
+    reconciler.enqueue("models", "demo")
+    await asyncio.sleep(0.005)  # the first reconcile is under way
+    for version in range(1, 40):  # a burst of pod events for the same owner
+        pod = {
+            "metadata": {
+                "name": "demo-abc",
+                "namespace": "models",
+                "resourceVersion": str(version),
+                "labels": {LABEL_INSTANCE: "demo"},
+            },
+            "status": {"phase": "Pending"},
+        }
+        reconciler.notice("v1", "Pod", "MODIFIED", pod)
+    await running
+    assert fake.reconciles == 2
+    # The echo of an object the cache already holds queues nothing.
+    reconciler.notice("v1", "Pod", "MODIFIED", pod)
+    assert reconciler.idle
+    reconciler.forget("models", "demo")
+
+
+async def test_failed_reconciles_are_retried_after_the_delay_invalid_specs_are_not() -> None:
+    fake = FakeKube(body())
+    fake.fail_next = [api_error(500, "etcd timeout")]
+    reconciler = Reconciler(as_kube(fake), retry_delay_seconds=0.05)
+    reconciler.enqueue("models", "demo")
+    await run_until_idle(reconciler)
+    assert fake.reconciles == 2
+    assert "status" in fake.writes
+
+    invalid = FakeKube(body(replicas=1, autoscaling={"maxReplicas": 2, "targetQueueDepth": 1}))
+    reconciler = Reconciler(as_kube(invalid), retry_delay_seconds=0.05)
+    reconciler.enqueue("models", "demo")
+    await run_until_idle(reconciler)
+    assert invalid.reconciles == 1
+    assert invalid.body["status"]["conditions"][0]["reason"] == "InvalidSpec"
+    reconciler.forget("models", "demo")
+
+
+async def test_first_reconcile_reads_the_api_unless_nothing_reconciled_it_before() -> None:
+    seen: list[Reads] = []
+
+    class Recording(FakeKube):
+        async def list_pods(
+            self, namespace: str, labels: dict[str, str], *, cached: bool = False
+        ) -> list[dict[str, Any]]:
+            seen.append(Reads.CACHE if cached else Reads.API)
+            return []
+
+    fake = Recording(body())
+    reconciler = Reconciler(as_kube(fake))
+    await reconciler.reconcile_key("models", "demo")  # no status yet: nothing to read
+    await reconciler.reconcile_key("models", "demo")
+    restarted = Reconciler(as_kube(fake))  # status exists: a new process reads the API once
+    await restarted.reconcile_key("models", "demo")
+    await restarted.reconcile_key("models", "demo")
+    assert seen == [Reads.CACHE, Reads.CACHE, Reads.API, Reads.CACHE]
 
 
 async def test_deleted_or_deleting_resources_are_left_to_garbage_collection() -> None:
@@ -163,20 +265,12 @@ def api_error(code: int, message: str) -> ApiError:
     return ApiError(status=Status(code=code, message=message))
 
 
-class FailingReconciler:
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    async def reconcile_key(self, namespace: str, name: str) -> None:
-        raise self.error
-
-
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (InvalidSpecError("spec.replicas: bad"), kopf.PermanentError),
-        (api_error(500, "etcd timeout"), kopf.TemporaryError),
-        (api_error(409, "conflict"), kopf.TemporaryError),
+        (InvalidSpecError("spec.replicas: bad"), None),
+        (api_error(500, "etcd timeout"), 2),
+        (api_error(409, "conflict"), 2),
         (
             api_error(
                 403, "unable to create new content in namespace x because it is being terminated"
@@ -184,21 +278,11 @@ class FailingReconciler:
             None,
         ),
         (api_error(404, 'namespaces "x" not found'), None),
+        (ConnectionError("reset"), 2),
     ],
 )
-async def test_handler_error_policy(error: Exception, expected: type[Exception] | None) -> None:
-    context = handlers.OperatorContext(settings=OperatorSettings(retry_delay_seconds=2))
-    context.reconciler = FailingReconciler(error)  # type: ignore[assignment]
-    memo = kopf.Memo(context=context)
-    # kopf's decorator types the handler as its full callback protocol; we pass what it reads.
-    handler: Any = handlers.reconcile_model_deployment
-    if expected is None:
-        await handler(memo=memo, namespace="ns", name="demo")
-        return
-    with pytest.raises(expected) as raised:
-        await handler(memo=memo, namespace="ns", name="demo")
-    if isinstance(raised.value, kopf.TemporaryError):
-        assert raised.value.delay == 2
+def test_error_policy(error: Exception, expected: float | None) -> None:
+    assert retry_delay(error, 2) == expected
 
 
 class ConflictOnce:
