@@ -1,10 +1,15 @@
 """Dynamic (request-level) batching for embeddings.
 
 Callers' texts wait in one bounded queue (counted in texts, `max_queue`). A dedicated thread takes
-the first waiting text, then keeps gathering until `max_batch_size` texts are in hand or
-`max_wait_ms` has passed since it took the first, runs one forward over them, and resolves each
-caller's future when all of its texts are done. A caller with more texts than a batch holds simply
-spans several batches.
+the first waiting text, then, while the batcher is busy, keeps gathering until `max_batch_size`
+texts are in hand or `max_wait_ms` has passed since it took the first; it runs one forward over
+them and resolves each caller's future when all of its texts are done. A caller with more texts
+than a batch holds simply spans several batches.
+
+"Busy" means the last forward had company (more than one text, or texts were waiting when it
+ended) and ended less than a second ago. An idle batcher does not wait: a lone request at low load
+runs at once instead of paying `max_wait_ms` for company that is not coming, and texts that arrive
+during its forward form the next batch. Under load every batch has company, so batches fill.
 
 Texts are tokenised on the caller's side (the event loop) so an over-long input is rejected at once
 with `PromptTooLongError` rather than silently truncated. The runner (torch) is behind the
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +39,8 @@ from modelplane_server.types import (
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 1.0
+# How long after a forward with company the batcher still counts as busy (and waits for company).
+_BUSY_WINDOW_S = 1.0
 
 
 class EmbeddingRunner(Protocol):
@@ -81,6 +89,8 @@ class DynamicBatchingEmbeddingEngine:
         self._accepting = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._had_company = False  # the last forward had more than one text, or a queue behind it
+        self._last_forward_end = -math.inf
 
     @property
     def model_id(self) -> str:
@@ -168,15 +178,18 @@ class DynamicBatchingEmbeddingEngine:
                 self._forward(batch)
 
     def _gather(self) -> list[tuple[_Job, int]] | None:
-        """Wait for a first text, then up to max_wait_ms for the batch to fill; None means exit."""
+        """Wait for a first text, then (when busy) up to max_wait_ms for the batch to fill; None
+        means exit."""
         limit = self._config.max_batch_size
         with self._condition:
             while not self._pending:
                 if self._stopping:
                     return None
                 self._condition.wait(_IDLE_WAIT_S)
-            deadline = time.monotonic() + self._config.max_wait_ms / 1000.0
-            while len(self._pending) < limit and not self._stopping:
+            now = time.monotonic()
+            busy = self._had_company and now - self._last_forward_end < _BUSY_WINDOW_S
+            deadline = now + self._config.max_wait_ms / 1000.0
+            while busy and len(self._pending) < limit and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -194,7 +207,11 @@ class DynamicBatchingEmbeddingEngine:
             for job in {id(job): job for job, _ in batch}.values():
                 _resolve(job, error)
             return
-        duration = time.monotonic() - started
+        ended = time.monotonic()
+        duration = ended - started
+        with self._condition:
+            self._had_company = len(batch) > 1 or bool(self._pending)
+            self._last_forward_end = ended
         if self._observer is not None:
             try:
                 self._observer.on_embedding_batch(

@@ -56,7 +56,10 @@ class ServerSettings(BaseSettings):
         4096, ge=1, description="token budget of one step (prefill + decode)"
     )
     max_wait_ms: float = Field(
-        5.0, ge=0, description="embedding batcher: longest a request waits for a batch to fill"
+        5.0,
+        ge=0,
+        description="embedding batcher: longest a request waits for a batch to fill while the "
+        "batcher is busy (an idle batcher runs a lone request at once)",
     )
     embedding_max_batch_size: int = Field(
         32, ge=1, description="embedding batcher: most texts in one forward"

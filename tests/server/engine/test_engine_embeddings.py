@@ -79,6 +79,36 @@ async def test_concurrent_callers_are_batched_together() -> None:
         assert math.isclose(math.hypot(*vectors[0]), 1.0)
 
 
+async def test_an_idle_batcher_runs_a_lone_request_without_waiting_for_company() -> None:
+    runner = CountingRunner()
+    engine = fake_engine(runner, max_batch_size=8, max_wait_ms=2000)
+    await engine.start()
+    started = time.monotonic()
+    await engine.embed(["alone"])
+    elapsed = time.monotonic() - started
+    await engine.stop(5)
+    assert runner.batches == [1]
+    assert elapsed < 1.0  # not the 2 s max_wait_ms
+
+
+async def test_a_busy_batcher_waits_up_to_max_wait_for_a_batch_to_fill() -> None:
+    """After a forward with company, the next text waits (up to max_wait_ms) for more."""
+    runner = CountingRunner()
+    engine = fake_engine(runner, max_batch_size=8, max_wait_ms=400)
+    await engine.start()
+    await engine.embed(["one", "two", "three"])  # one job: a batch of three, queued at once
+    started = time.monotonic()
+    follow_up = asyncio.ensure_future(engine.embed(["four"]))
+    await asyncio.sleep(0.1)
+    company = await engine.embed(["five"])  # joins the batch that "four" is waiting to fill
+    await follow_up
+    elapsed = time.monotonic() - started
+    await engine.stop(5)
+    assert runner.batches == [3, 2]
+    assert len(company[0]) == 1
+    assert elapsed >= 0.35
+
+
 async def test_a_caller_with_more_texts_than_a_batch_spans_several() -> None:
     runner = CountingRunner()
     engine = fake_engine(runner, max_batch_size=4, max_wait_ms=1)
