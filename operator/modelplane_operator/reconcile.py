@@ -104,6 +104,7 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
+    status_deferred: bool = False
 
     @property
     def writes(self) -> int:
@@ -172,8 +173,10 @@ async def _delete_unwanted(
     """Delete our children of kinds no longer wanted: found by labels, confirmed by owner uid."""
     selector = {**selector_labels(owner.name), LABEL_MANAGED_BY: FIELD_MANAGER}
     for kind_key in kinds:
+        # What could exist is in the cache (what we applied or saw), except before our first
+        # reconcile of this owner in this process: only then list from the API.
         found = await kube.list_children(
-            *kind_key, owner.namespace, selector, cached=reads.cached(kind_key)
+            *kind_key, owner.namespace, selector, cached=reads is not Reads.API
         )
         for item in found:
             if _owned_by(item, owner.uid or ""):
@@ -182,9 +185,19 @@ async def _delete_unwanted(
 
 
 async def reconcile(
-    kube: Kube, body: Object, now: Callable[[], str] = utc_now, reads: Reads = Reads.API
+    kube: Kube,
+    body: Object,
+    now: Callable[[], str] = utc_now,
+    reads: Reads = Reads.API,
+    *,
+    defer_status: bool = False,
 ) -> Outcome:
-    """Bring one ModelDeployment's children and status in line with its spec."""
+    """Bring one ModelDeployment's children and status in line with its spec.
+
+    `defer_status`: when this reconcile had to write children, leave status to the next one
+    (`Outcome.status_deferred`), which sees what the controllers made of them; a burst of new
+    ModelDeployments then gets all its children before any status write.
+    """
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     generation = int(metadata.get("generation") or 0)
@@ -213,6 +226,9 @@ async def reconcile(
         if kind_key not in live_children and (kind_key[1] != "ServiceMonitor" or prometheus)
     ]
     await _delete_unwanted(kube, unwanted, owner, outcome, reads)
+    if defer_status and outcome.writes:
+        outcome.status_deferred = True
+        return outcome
 
     pods = await kube.list_pods(namespace, selector_labels(name), cached=reads.cached(POD))
     observed = observe(
@@ -290,6 +306,7 @@ class Reconciler:
         self._ready: asyncio.Queue[Key] = asyncio.Queue()
         self._running: dict[Key, Reads | None] = {}  # a trigger that came meanwhile, if any
         self._seen: set[Key] = set()  # reconciled at least once by this process
+        self._deferred: set[Key] = set()  # the last reconcile left status to the next
 
     def notice(self, api_version: str, kind: str, event_type: str | None, item: Object) -> None:
         """A watch event: keep the object and queue its ModelDeployment if anything changed."""
@@ -377,23 +394,31 @@ class Reconciler:
             return None  # going away; owner references take the children with it
         if key not in self._seen and body.get("status"):
             reads = Reads.API
-        outcome = await self._measured(body, reads)
+        outcome = await self._measured(body, reads, defer_status=key not in self._deferred)
         self._seen.add(key)
+        if outcome.status_deferred:
+            # Deferred at most once in a row, so status is written even if a child always
+            # differed; the re-queued reconcile runs after the triggers already waiting.
+            self._deferred.add(key)
+            self.enqueue(namespace, name)
+        else:
+            self._deferred.discard(key)
         return outcome
 
-    async def _measured(self, body: Object, reads: Reads) -> Outcome:
+    async def _measured(self, body: Object, reads: Reads, *, defer_status: bool) -> Outcome:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         started = time.perf_counter()
         try:
-            outcome = await reconcile(self.kube, body, reads=reads)
+            outcome = await reconcile(self.kube, body, reads=reads, defer_status=defer_status)
         except InvalidSpecError:
             metrics.record_reconcile(key, "invalid", time.perf_counter() - started, ready="False")
             raise
         except Exception:
             metrics.record_reconcile(key, "error", time.perf_counter() - started, ready=None)
             raise
-        metrics.record_reconcile(key, "success", time.perf_counter() - started, ready=outcome.ready)
+        ready = None if outcome.status_deferred else outcome.ready
+        metrics.record_reconcile(key, "success", time.perf_counter() - started, ready=ready)
         return outcome
 
     def forget(self, namespace: str, name: str) -> None:
@@ -401,6 +426,7 @@ class Reconciler:
         key = (namespace, name)
         self._pending.pop(key, None)
         self._seen.discard(key)
+        self._deferred.discard(key)
         metrics.forget(key)
 
 

@@ -210,13 +210,16 @@ async def test_reconciles_from_the_cache_read_nothing_and_still_prune() -> None:
 async def test_resync_reads_the_unwatched_kinds_from_the_api() -> None:
     client = FakeClient()
     kube = Kube(client, cache=ObjectCache(), crd_refresh_seconds=60)  # type: ignore[arg-type]
-    body = model_deployment(client)
+    body = model_deployment(client, networkPolicy={"enabled": True})
     assert kube.cache is not None
     await reconcile(kube, body, reads=Reads.CACHE)
-    client.calls.clear()
     held = kube.cache.get(API_VERSION, KIND, "models", "demo")
     assert held is not None
+    client.calls.clear()
+    assert (await reconcile(kube, held, reads=Reads.CACHE)).writes == 0
+    assert client.calls == Counter()
+    # Deleted behind our back: no watch tells us, the resync's read of the API does.
+    del client.objects[("NetworkPolicy", "models", "demo")]
     outcome = await reconcile(kube, held, reads=Reads.RESYNC)
-    assert outcome.writes == 0
-    # Only NetworkPolicy is unwatched and not rendered here: listed to prune; nothing else read.
-    assert client.calls == Counter({"list NetworkPolicy": 1})
+    assert outcome.applied == ["NetworkPolicy/demo"]
+    assert client.calls == Counter({"get NetworkPolicy": 1, "apply NetworkPolicy": 1})
