@@ -5,7 +5,10 @@ model and torch threads, driven by `modelplane-server bench`'s load generator at
 shared machine's load hits both alike.
 
 Also: the HTTP overhead at concurrency 1 (client end-to-end minus the engine's own end-to-end time,
-read from the server's /metrics before and after), and TTFT p99 at 32 against TTFT at 1.
+read from the server's /metrics before and after), and TTFT p99 at 32 against TTFT at 1, twice:
+for the closed loop's synchronised burst (32 requests at t=0, every prompt prefilled before the
+last first token) and for Modelplane at a steady 32 in flight (workers ramped up over
+`--ramp-up-s`, capped-exponential output lengths so completions, and so arrivals, spread out).
 
 Run: .venv/bin/python bench/serving.py
 (writes bench/results/serving.json, serving.png, serving-rate.png)
@@ -110,6 +113,9 @@ def main() -> int:  # noqa: PLR0915  # one linear script
     parser.add_argument("--rate-requests", type=int, default=32, help="per rate point")
     parser.add_argument("--max-tokens", default="32")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steady-requests", type=int, default=128, help="steady-state point")
+    parser.add_argument("--steady-max-tokens", default="exp:32:96")
+    parser.add_argument("--ramp-up-s", type=float, default=10.0)
     parser.add_argument("--output", default="serving")
     arguments = parser.parse_args()
     started = time.perf_counter()
@@ -168,6 +174,14 @@ def main() -> int:  # noqa: PLR0915  # one linear script
                             "requests": count,
                         }
                 results[label]["runs"].append(run)
+        common.log(f"{OURS}: steady 32 in flight (ramp-up {arguments.ramp_up_s:g} s)")
+        steady = run_point(
+            targets[OURS],
+            loadtest.Load(32, ramp_up_s=arguments.ramp_up_s),
+            arguments.steady_requests,
+            arguments.steady_max_tokens,
+            common.SEED,
+        )
         rates = [float(value) for value in arguments.rates.split(",") if value]
         for rate in rates:
             for label, target in targets.items():
@@ -188,6 +202,13 @@ def main() -> int:  # noqa: PLR0915  # one linear script
         summary["ttft_p99_at_32_over_ttft_p50_at_1"] = (
             ours_runs[32]["ttft_ms"]["p99"] / ours_runs[1]["ttft_ms"]["p50"]
         )
+        at_1 = ours_runs[1]["ttft_ms"]["p50"]
+        summary["steady_32"] = {
+            "ttft_p50_ms": steady["ttft_ms"]["p50"],
+            "ttft_p99_ms": steady["ttft_ms"]["p99"],
+            "ttft_p99_over_ttft_p50_at_1": steady["ttft_ms"]["p99"] / at_1,
+            "output_throughput": steady["output_throughput"],
+        }
     summary["output_throughput_ratio_by_concurrency"] = {
         str(c): ours_runs[c]["output_throughput"] / naive_runs[c]["output_throughput"]
         for c in ours_runs
@@ -204,10 +225,16 @@ def main() -> int:  # noqa: PLR0915  # one linear script
             "max_tokens": arguments.max_tokens,
             "requests_per_concurrency_point": arguments.requests,
             "requests_per_rate_point": arguments.rate_requests,
+            "steady_32": {
+                "requests": arguments.steady_requests,
+                "max_tokens": arguments.steady_max_tokens,
+                "ramp_up_s": arguments.ramp_up_s,
+            },
             "goodput_slo": {"ttft_ms": 1000, "tpot_ms": 100},
         },
         "summary": summary,
         "servers": results,
+        "steady_32_run": steady,
     }
     data["duration_s"] = time.perf_counter() - started
     path = common.write_result(arguments.output, data)
