@@ -204,6 +204,7 @@ def test_rbac_covers_exactly_what_the_operator_writes(
     assert not can("get", "secrets")
     assert not can("create", "pods")
     assert not can("delete", "modeldeployments.modelplane.io")
+    assert not can("patch", "modeldeployments.modelplane.io")  # only their status
     assert not can("create", "clusterroles.rbac.authorization.k8s.io")
     assert not can("update", "deployments.apps")  # server-side apply patches; it never updates
 
