@@ -31,6 +31,20 @@ OOM_KILLED = "OOMKilled"
 CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
 STARTUP_TIMEOUT = "StartupTimeout"
 INVALID_SPEC = "InvalidSpec"
+# Ready=False reasons that mean something is wrong (not merely in progress): each gets a Warning
+# event on the ModelDeployment when Ready turns to it.
+FAILURE_REASONS = frozenset(
+    {
+        INSUFFICIENT_GPU,
+        UNSCHEDULABLE,
+        IMAGE_PULL_BACK_OFF,
+        CRASH_LOOP_BACK_OFF,
+        OOM_KILLED,
+        CONTAINER_CONFIG_ERROR,
+        STARTUP_TIMEOUT,
+        INVALID_SPEC,
+    }
+)
 
 _IMAGE_PULL_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 # The first failure found in this order is the one reported: the root cause before its symptoms.

@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from decimal import InvalidOperation
 from typing import Any, TypeVar
 
@@ -26,7 +29,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import Pod, Service
+from lightkube.resources.core_v1 import Event, Pod, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
@@ -38,6 +41,7 @@ from modelplane_operator.render import FIELD_MANAGER
 
 Object = dict[str, Any]
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 ServiceMonitorResource = create_namespaced_resource(
@@ -296,6 +300,41 @@ class Kube:
         for body in bodies:
             self._keep(API_VERSION, KIND, body)
         return bodies
+
+    async def post_event(self, owner: Object, event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about a ModelDeployment (what `kubectl describe` lists). Best effort:
+        a failure is logged, never raised, so an event can never fail a reconcile."""
+        metadata = owner["metadata"]
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{metadata['name']}.",
+                "namespace": metadata["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            resource: Event = Event.from_dict(event)  # type: ignore[assignment]  # untyped classmethod
+            await self.client.create(resource)
+        except Exception as error:  # best effort by design: status already says it all
+            logger.warning("could not post a %s event for %s: %s", reason, metadata["name"], error)
 
     async def apply_status(self, name: str, namespace: str, status: Object) -> None:
         """Server-side apply of the status subresource: fields we stop sending disappear."""

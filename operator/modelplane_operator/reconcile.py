@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from modelplane_operator import metrics
 from modelplane_operator.conditions import READY, Condition, find, merge_conditions
-from modelplane_operator.diagnose import INVALID_SPEC, observe
+from modelplane_operator.diagnose import FAILURE_REASONS, INVALID_SPEC, observe
 from modelplane_operator.kube import (
     CHILD_KINDS,
     NOT_FOUND,
@@ -136,11 +136,30 @@ def _status_changed(live: Object, desired: Object) -> bool:
     return any(live.get(key) != desired.get(key) for key in STATUS_FIELDS)
 
 
+def ready_event(previous: list[Object], conditions: list[Object]) -> tuple[str, str, str] | None:
+    """The event a change of the Ready condition deserves, as (type, reason, message): a Warning
+    when Ready turns False for a failure (not mere progress), a Normal `Ready` when it turns True;
+    None when Ready's status and reason did not change."""
+    before, after = find(previous, READY) or {}, find(conditions, READY) or {}
+    if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
+        return None
+    if after.get("status") == "False" and after.get("reason") in FAILURE_REASONS:
+        return "Warning", str(after["reason"]), str(after.get("message", ""))
+    if after.get("status") == "True":
+        return "Normal", READY, str(after.get("message") or after.get("reason") or "ready")
+    return None
+
+
 async def _write_status(kube: Kube, body: Object, status: Object) -> bool:
+    """Write status if it changed, then post the event its Ready change deserves, if any."""
     metadata = body["metadata"]
-    if not _status_changed(body.get("status") or {}, status):
+    previous = body.get("status") or {}
+    if not _status_changed(previous, status):
         return False
     await kube.apply_status(metadata["name"], metadata["namespace"], status)
+    event = ready_event(previous.get("conditions") or [], status.get("conditions") or [])
+    if event is not None:
+        await kube.post_event(body, *event)
     return True
 
 

@@ -220,6 +220,18 @@ def test_more_gpus_than_any_node_has_is_insufficient_gpu(cluster: Cluster, names
     row = cluster.kubectl("get", "md", "smollm2", "-n", namespace, "--no-headers").stdout
     assert row.split()[1:4] == ["False", "InsufficientGPU", "0/1"]
 
+    # ... and `kubectl describe` tells the same story in its Events.
+    def described_events() -> str | None:
+        out = cluster.kubectl("describe", "md", "smollm2", "-n", namespace).stdout
+        events = out.partition("Events:")[2]
+        return events if "InsufficientGPU" in events else None
+
+    events = wait_for(
+        described_events, timeout=TIMEOUT, what="a Warning InsufficientGPU event on the md"
+    )
+    assert "Warning" in events
+    assert pod["metadata"]["name"] in events
+
 
 def test_hand_edits_and_deletions_are_reverted(cluster: Cluster, namespace: str) -> None:
     apply(cluster, namespace, sample("minimal"))

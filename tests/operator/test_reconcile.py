@@ -20,6 +20,7 @@ from modelplane_operator.reconcile import (
     InvalidSpecError,
     Reads,
     Reconciler,
+    ready_event,
     reconcile,
     retry_delay,
 )
@@ -40,6 +41,7 @@ class FakeKube:
         self.cache = ObjectCache()
         self.reconciles = 0
         self.fail_next: list[Exception] = []
+        self.events: list[tuple[str, str, str]] = []
 
     async def crd_installed(self, name: str) -> bool:
         return self.prometheus
@@ -95,6 +97,11 @@ class FakeKube:
     async def apply_status(self, name: str, namespace: str, status: dict[str, Any]) -> None:
         self.body["status"] = copy.deepcopy(status)
         self.writes.append("status")
+
+    async def post_event(
+        self, owner: dict[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        self.events.append((event_type, reason, message))
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -162,6 +169,42 @@ async def test_invalid_spec_becomes_a_condition_and_an_error() -> None:
     (ready,) = fake.body["status"]["conditions"]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
     assert fake.objects == {}
+
+
+def ready(status: str, reason: str, message: str = "") -> list[dict[str, Any]]:
+    return [{"type": "Ready", "status": status, "reason": reason, "message": message}]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "event"),
+    [
+        ([], ready("False", "Creating"), None),  # progress is not news
+        (ready("False", "Creating"), ready("False", "InsufficientGPU", "pod x is Pending"),
+         ("Warning", "InsufficientGPU", "pod x is Pending")),
+        (ready("False", "InsufficientGPU", "a"), ready("False", "InsufficientGPU", "b"), None),
+        (ready("False", "InsufficientGPU"), ready("False", "OOMKilled", "pod y: OOMKilled"),
+         ("Warning", "OOMKilled", "pod y: OOMKilled")),
+        (ready("False", "Progressing"), ready("True", "Available", "2/2 ready"),
+         ("Normal", "Ready", "2/2 ready")),
+        (ready("True", "Available"), ready("True", "Available"), None),
+        (ready("True", "Available"), ready("False", "Progressing"), None),
+    ],
+)  # fmt: skip
+def test_ready_changes_that_deserve_an_event(
+    before: list[dict[str, Any]],
+    after: list[dict[str, Any]],
+    event: tuple[str, str, str] | None,
+) -> None:
+    assert ready_event(before, after) == event
+
+
+async def test_an_invalid_spec_posts_one_warning_event_not_one_per_reconcile() -> None:
+    fake = FakeKube(body(replicas=1, autoscaling={"maxReplicas": 2, "targetQueueDepth": 1}))
+    for _ in range(3):
+        with pytest.raises(InvalidSpecError):
+            await reconcile(as_kube(fake), fake.body)
+    assert [(kind, reason) for kind, reason, _ in fake.events] == [("Warning", "InvalidSpec")]
+    assert "spec.replicas and spec.autoscaling" in fake.events[0][2]
 
 
 async def run_until_idle(reconciler: Reconciler) -> None:
