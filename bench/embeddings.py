@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # bench/ is a directory of scripts, not a package
 from modelplane_server import loadtest
-from serving import free_port, server
+from serving import free_port, histogram, server
 
 NAIVE = "naive (one forward per request)"
 OURS = "modelplane (dynamic batching)"
@@ -116,6 +116,7 @@ def main() -> int:  # one linear script
         for concurrency in (int(value) for value in arguments.concurrency.split(",")):
             for label, target in targets.items():
                 common.log(f"{label}: concurrency {concurrency}")
+                before = histogram(ours_url, "modelplane_embedding_batch_size")
                 run = asyncio.run(
                     loadtest.run_load(
                         target,
@@ -128,6 +129,11 @@ def main() -> int:  # one linear script
                         progress_interval_s=10,
                     )
                 )
+                if label == OURS:  # how full the batches were, from the server's own histogram
+                    after = histogram(ours_url, "modelplane_embedding_batch_size")
+                    batches = after[1] - before[1]
+                    run["server_batches"] = batches
+                    run["server_mean_batch_size"] = (after[0] - before[0]) / max(batches, 1)
                 results[label]["runs"].append(run)
     by_concurrency = {
         label: {run["load"]["concurrency"]: run for run in result["runs"]}

@@ -82,6 +82,10 @@ def sweep_table(servers: dict[str, Any], key: str = "runs") -> list[str]:
         for run in server[key]:
             load = run["load"]
             where = f"c={load['concurrency']}" if load["rate"] == "inf" else f"{load['rate']} req/s"
+            if load.get("ramp_up_s"):
+                where += f", ramp-up {load['ramp_up_s']:g} s"
+            if "server_mean_batch_size" in run:
+                where += f" (mean batch {run['server_mean_batch_size']:.1f})"
             goodput = run.get("goodput", {}).get("request_goodput")
             lines.append(
                 f"| {label} | {where} | {run['completed']}/{run['failed']} "
@@ -96,7 +100,7 @@ def sweep_table(servers: dict[str, Any], key: str = "runs") -> list[str]:
 
 def main() -> int:
     out: list[str] = []
-    for name in ("engine", "serving", "embeddings", "operator_scale"):
+    for name in ("engine", "engine-smollm2-var64", "serving", "embeddings", "operator_scale"):
         data = load(name)
         if data is None:
             continue
@@ -104,11 +108,14 @@ def main() -> int:
         out += [f"### {name}", "", f"`{data['command']}` — {data.get('duration_s', 0):.0f} s, "
                 f"{env['date']}, commit {env['commit']}, load average at start "
                 f"{env['load_average_at_start']}", ""]  # fmt: skip
-        if name == "engine":
+        if name.startswith("engine"):
             out += engine_tables(data)
         elif name == "serving":
             out += ["```", json.dumps(data["summary"], indent=1), "```", ""]
             out += [*sweep_table(data["servers"]), "", *sweep_table(data["servers"], "rate_runs")]
+            if "steady_32_run" in data:
+                steady = {"modelplane": {"runs": [data["steady_32_run"]]}}
+                out += ["", *sweep_table(steady)]
         elif name == "embeddings":
             out += [
                 "```",

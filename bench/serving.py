@@ -10,7 +10,8 @@ for the closed loop's synchronised burst (32 requests at t=0, every prompt prefi
 last first token) and for Modelplane at a steady 32 in flight (workers ramped up over
 `--ramp-up-s`, capped-exponential output lengths so completions, and so arrivals, spread out).
 
-Run: .venv/bin/python bench/serving.py
+Run: .venv/bin/python bench/serving.py   (~11 min on the 2-core box; the naive server's turns are
+most of it)
 (writes bench/results/serving.json, serving.png, serving-rate.png)
 """
 
@@ -74,14 +75,19 @@ def server(command: list[str], url: str, ready_path: str, threads: int) -> Itera
         log.close()
 
 
-def engine_e2e(url: str) -> tuple[float, float]:
-    """(sum, count) of the server's own request end-to-end histogram."""
+def histogram(url: str, metric: str) -> tuple[float, float]:
+    """(sum, count) of one of the server's histograms, from /metrics."""
     text = httpx.get(url + "/metrics", timeout=10).text
     values = {}
     for name in ("sum", "count"):
-        match = re.search(rf"^modelplane_e2e_request_latency_seconds_{name} (\S+)$", text, re.M)
+        match = re.search(rf"^{metric}_{name} (\S+)$", text, re.M)
         values[name] = float(match.group(1)) if match else 0.0
     return values["sum"], values["count"]
+
+
+def engine_e2e(url: str) -> tuple[float, float]:
+    """(sum, count) of the server's own request end-to-end histogram."""
+    return histogram(url, "modelplane_e2e_request_latency_seconds")
 
 
 def run_point(
@@ -108,12 +114,12 @@ def main() -> int:  # noqa: PLR0915  # one linear script
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", choices=sorted(common.MODEL_DIRS))
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--rates", default="0.5,1,2,4")
-    parser.add_argument("--requests", type=int, default=64, help="per concurrency point")
-    parser.add_argument("--rate-requests", type=int, default=32, help="per rate point")
+    parser.add_argument("--rates", default="0.5,1,2")
+    parser.add_argument("--requests", type=int, default=32, help="per concurrency point")
+    parser.add_argument("--rate-requests", type=int, default=24, help="per rate point")
     parser.add_argument("--max-tokens", default="32")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steady-requests", type=int, default=128, help="steady-state point")
+    parser.add_argument("--steady-requests", type=int, default=96, help="steady-state point")
     parser.add_argument("--steady-max-tokens", default="exp:32:96")
     parser.add_argument("--ramp-up-s", type=float, default=10.0)
     parser.add_argument("--output", default="serving")
