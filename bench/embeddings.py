@@ -116,7 +116,8 @@ def main() -> int:  # one linear script
         for concurrency in (int(value) for value in arguments.concurrency.split(",")):
             for label, target in targets.items():
                 common.log(f"{label}: concurrency {concurrency}")
-                before = histogram(ours_url, "modelplane_embedding_batch_size")
+                batch_metric = "modelplane_embedding_batch_size"
+                before = histogram(ours_url, batch_metric) if label == OURS else None
                 run = asyncio.run(
                     loadtest.run_load(
                         target,
@@ -129,8 +130,8 @@ def main() -> int:  # one linear script
                         progress_interval_s=10,
                     )
                 )
-                if label == OURS:  # how full the batches were, from the server's own histogram
-                    after = histogram(ours_url, "modelplane_embedding_batch_size")
+                if before is not None:  # how full our batches were, from the server's histogram
+                    after = histogram(ours_url, batch_metric)
                     batches = after[1] - before[1]
                     run["server_batches"] = batches
                     run["server_mean_batch_size"] = (after[0] - before[0]) / max(batches, 1)
