@@ -74,14 +74,20 @@ class _EngineStateCollector(Collector):
         waiting_tokens = GaugeMetricFamily(
             f"{PREFIX}_num_waiting_prompt_tokens", "Prompt tokens of the queued requests."
         )
+        batch_fill = GaugeMetricFamily(
+            f"{PREFIX}_batch_fill",
+            "Running generation requests / --max-batch-size: 1 means the batch is full and "
+            "newcomers queue (an autoscaling signal before latency shows it).",
+        )
         steps = CounterMetricFamily(f"{PREFIX}_engine_steps", "Generation forward steps run.")
         if stats is not None:
             running.add_metric([], stats.running)
+            batch_fill.add_metric([], stats.running / max(stats.max_batch_size, 1))
             waiting.add_metric([], stats.waiting)
             queue_depth.add_metric([], stats.waiting)
             waiting_tokens.add_metric([], stats.waiting_prompt_tokens)
             steps.add_metric([], stats.steps_total)
-        yield from (running, waiting, queue_depth, waiting_tokens, steps)
+        yield from (running, waiting, queue_depth, batch_fill, waiting_tokens, steps)
         ready = GaugeMetricFamily(
             f"{PREFIX}_server_ready", "1 when the models are loaded and the server admits work."
         )

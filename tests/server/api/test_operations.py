@@ -222,6 +222,7 @@ DOCUMENTED_METRICS = [
     "modelplane_num_requests_running",
     "modelplane_num_requests_waiting",
     "modelplane_queue_depth",
+    "modelplane_batch_fill",
     "modelplane_num_waiting_prompt_tokens",
     "modelplane_engine_steps_total",
     "modelplane_server_ready",
@@ -279,12 +280,33 @@ async def test_metrics_expose_the_documented_names_and_count_real_traffic() -> N
     assert sample(text, "modelplane_engine_steps_total") == 15
     assert sample(text, "modelplane_batch_fill_ratio_count") == 15
     assert sample(text, "modelplane_num_requests_running") == 0
+    assert sample(text, "modelplane_batch_fill") == 0
     assert sample(text, "modelplane_server_ready") == 1
     assert sample(text, "modelplane_embedding_tokens_total") == 12
     route = '{method="POST",route="/v1/completions",status="200"}'
     assert sample(text, "modelplane_http_requests_total", route) == 3
     route = '{method="POST",route="/v1/completions",status="400"}'
     assert sample(text, "modelplane_http_requests_total", route) == 1
+
+
+def test_batch_fill_is_running_over_the_max_batch_size() -> None:
+    """The autoscaling signal for batching servers (docs/server-contract.md): 1 means full."""
+    from prometheus_client import generate_latest
+
+    from modelplane_server.types import EngineStats
+
+    metrics = Metrics()
+    metrics.stats_source = lambda: EngineStats(
+        waiting=3,
+        running=24,
+        waiting_prompt_tokens=90,
+        steps_total=7,
+        last_step_monotonic=None,
+        max_batch_size=32,
+    )
+    text = generate_latest(metrics.registry).decode()
+    assert sample(text, "modelplane_batch_fill") == 0.75
+    assert sample(text, "modelplane_queue_depth") == 3
 
 
 async def test_each_app_has_its_own_registry() -> None:
