@@ -1,9 +1,16 @@
-"""A real, local Kubernetes control plane with simulated GPU nodes, for development and tests.
+"""A real, local Kubernetes cluster with simulated GPU nodes, for development and tests.
 
 Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (binaries built by
 hack/build-tools.sh) on 127.0.0.1 with free ports and a temporary data dir, registers simulated GPU
-nodes, and writes a kubeconfig. `hack/cluster.sh` wraps the command line; tests/conftest.py uses
-`LocalCluster` directly. Standard library only, so it runs before the project's venv exists.
+nodes, and writes a kubeconfig. With `--with` it adds the data plane (hack/dataplane): the local
+kubelet that runs pods of the server image as real processes, Prometheus, prometheus-adapter behind
+the custom metrics API, and Traefik as the Gateway. `hack/cluster.sh` wraps the command line;
+tests/conftest.py uses `LocalCluster` directly. Standard library only (the data plane's processes
+use the project's venv), so the control plane runs before the venv exists.
+
+Everything runs inside a network namespace whose only interface is `lo` (`up` refuses otherwise):
+pods, nodes and the gateway have 10.244.x.y addresses, local there and unreachable from it, and the
+service range is on loopback (127.0.96.0/20), so nothing can dial an address outside.
 
 State lives in one directory (default `.cluster/` at the repo root): `state.json` records the PIDs,
 ports and data dir of a running cluster, so `down` stops exactly what `up` started.
@@ -31,9 +38,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataplane.isolation import NAMESPACE_ADDRESS, NotIsolatedError, require_isolated_network
+from dataplane.stages import with_local_kubelet
+
+from dataplane import services
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".cluster"
 ADMIN_USER = "modelplane-admin"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+# ClusterIPs on loopback: a client that dials one never reaches an address outside the namespace.
+SERVICE_CIDR = "127.0.96.0/20"
+KUBERNETES_SERVICE_IP = "127.0.96.1"
+# Pod addresses, under the namespace's 10.244.0.0/16 on lo (10.244.0.1 is the namespace's own).
+DEFAULT_POD_CIDR = "10.244.128.0/17"
+# The data plane, in start order; `metrics` (the adapter) reads from `prometheus`.
+COMPONENTS = ("kubelet", "prometheus", "metrics", "gateway")
 
 # Simulated GPU fleet: two GPU types so node selection by `nvidia.com/gpu.product` is exercised.
 GPU_PRODUCTS = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB")
@@ -65,15 +85,20 @@ class ClusterState:
     pids: dict[str, int] = field(default_factory=dict)
     binaries: dict[str, str] = field(default_factory=dict)
     nodes: int = 0
+    components: list[str] = field(default_factory=list)
+    # The network namespace it runs in: its 127.0.0.1 and pod addresses exist only there.
+    netns: str = ""
+    # Where the data plane answers: gateway (Traefik's entry point), prometheus, kubelet_dir.
+    endpoints: dict[str, str] = field(default_factory=dict)
 
 
 def log(message: str) -> None:
     print(f"[cluster {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -167,7 +192,10 @@ class ApiClient:
         request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:  # noqa: S310
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self.context)
+        )
+        with opener.open(request, timeout=timeout) as response:
             payload = response.read()
         return json.loads(payload) if payload and payload[:1] in b"{[" else payload.decode()
 
@@ -180,8 +208,14 @@ class ApiClient:
 
 
 class LocalCluster:
-    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        bin_dir: Path | None = None,
+        pod_cidr: str = DEFAULT_POD_CIDR,
+    ) -> None:
         self.state_dir = state_dir
+        self.pod_cidr = pod_cidr
         self.state_file = state_dir / "state.json"
         self._bin_dir = bin_dir
         # Processes started by this object: while `up` waits, ask them directly. Right after fork,
@@ -194,6 +228,12 @@ class LocalCluster:
             return ClusterState(**json.loads(self.state_file.read_text()))
         except FileNotFoundError:
             return None
+
+    def reachable(self) -> ClusterState | None:
+        """The recorded cluster, if it runs and in this network namespace (so its 127.0.0.1 and pod
+        addresses are this process's too)."""
+        state = self.running()
+        return state if state is not None and state.netns == current_netns() else None
 
     def running(self) -> ClusterState | None:
         """The recorded cluster, if every one of its processes still runs."""
@@ -217,7 +257,24 @@ class LocalCluster:
         return self._bin_dir
 
     # -- up -------------------------------------------------------------------------------------
-    def up(self, nodes: int = 4, gpus_per_node: int = 8, timeout: float = 180) -> ClusterState:
+    def up(
+        self,
+        nodes: int = 4,
+        gpus_per_node: int = 8,
+        timeout: float = 180,
+        components: tuple[str, ...] = (),
+        max_processes: int = 0,
+    ) -> ClusterState:
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ClusterError(
+                f"unknown components {sorted(unknown)}; known: {', '.join(COMPONENTS)}"
+            )
+        if "metrics" in components and "prometheus" not in components:
+            raise ClusterError(
+                "metrics (prometheus-adapter) needs prometheus: --with prometheus,metrics"
+            )
+        require_isolated_network("the local cluster")
         existing = self.running()
         if existing is not None:
             raise ClusterError(
@@ -240,6 +297,8 @@ class LocalCluster:
             kubeconfig=str(self.state_dir / "kubeconfig"),
             apiserver_url=url,
             token=token,
+            components=[c for c in COMPONENTS if c in components],
+            netns=current_netns(),
         )
         started = time.monotonic()
         try:
@@ -281,7 +340,7 @@ class LocalCluster:
                 bins / "kwok",
                 [
                     f"--kubeconfig={state.kubeconfig}",
-                    f"--config={self._kwok_config(data_dir, bins)}",
+                    f"--config={self._kwok_config(data_dir, bins, 'kubelet' in components)}",
                     f"--server-address=127.0.0.1:{ports['kwok']}",
                 ],
             )
@@ -301,6 +360,8 @@ class LocalCluster:
                 timeout,
                 state,
             )
+            if state.components:
+                self._start_dataplane(state, api, timeout, max_processes)
         except BaseException:
             self._save(state)
             self.down(quiet=True)
@@ -310,6 +371,129 @@ class LocalCluster:
             f"export KUBECONFIG={state.kubeconfig}"
         )
         return state
+
+    # -- the data plane ---------------------------------------------------------------------------
+    def _start_dataplane(
+        self, state: ClusterState, api: ApiClient, timeout: float, max_processes: int
+    ) -> None:
+        if not (VENV_BIN / "python").exists():
+            raise ClusterError(
+                f"the data plane runs from the project's venv: run hack/setup.sh ({VENV_BIN})"
+            )
+        data_dir = Path(state.data_dir)
+        kubeconfig = Path(state.kubeconfig)
+        pki = data_dir / "pki"
+        wanted = set(state.components)
+        bins = self._dataplane_bin_dir() if wanted - {"kubelet"} else None
+        if "kubelet" in wanted:
+            kubelet_dir = data_dir / "kubelet"
+            self._start_command(
+                state,
+                services.kubelet_command(
+                    VENV_BIN / "python", kubeconfig, kubelet_dir, max_processes
+                ),
+            )
+            state.endpoints["kubelet_dir"] = str(kubelet_dir)
+        if "prometheus" in wanted and bins is not None:
+            port = free_port()
+            config = data_dir / "prometheus.yml"
+            config.write_text(services.to_json(services.prometheus_config(kubeconfig)))
+            self._start_command(
+                state,
+                services.prometheus_command(
+                    bins / "prometheus", config, data_dir / "prometheus", port
+                ),
+            )
+            url = f"http://127.0.0.1:{port}"
+            self._wait(lambda: _http_ok(f"{url}/-/ready"), "Prometheus ready", timeout, state)
+            state.endpoints["prometheus"] = url
+        if "metrics" in wanted and bins is not None:
+            port = free_port()
+            config = data_dir / "adapter.yml"
+            config.write_text(services.to_json(services.adapter_config()))
+            self._start_command(
+                state,
+                services.adapter_command(
+                    bins / "prometheus-adapter",
+                    kubeconfig,
+                    config,
+                    pki,
+                    port,
+                    int(state.endpoints["prometheus"].rsplit(":", 1)[1]),
+                ),
+            )
+            ca_bundle = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
+            self._kubectl_apply(state, services.adapter_objects(port, ca_bundle))
+            self._wait(
+                lambda: api.ok("/apis/custom.metrics.k8s.io/v1beta1"),
+                f"the custom metrics API ({services.CUSTOM_METRICS_API}) Available",
+                timeout,
+                state,
+            )
+        if "gateway" in wanted and bins is not None:
+            self._kubectl(
+                state, "apply", "--server-side", "-f", str(bins / "gateway-api-crds.yaml")
+            )
+            self._kubectl(
+                state,
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/gateways.gateway.networking.k8s.io",
+                "crd/httproutes.gateway.networking.k8s.io",
+            )
+            port, ping_port = free_port(NAMESPACE_ADDRESS), free_port(NAMESPACE_ADDRESS)
+            self._start_command(
+                state, services.traefik_command(bins / "traefik", kubeconfig, port, ping_port)
+            )
+            self._wait(
+                lambda: _http_ok(f"http://{NAMESPACE_ADDRESS}:{ping_port}/ping"),
+                "Traefik /ping",
+                timeout,
+                state,
+            )
+            self._kubectl_apply(state, services.gateway_objects(port))
+            path = (
+                f"/apis/gateway.networking.k8s.io/v1/namespaces/{services.GATEWAY_NAMESPACE}"
+                f"/gateways/{services.GATEWAY_NAME}"
+            )
+            self._wait(
+                lambda: _condition(api, path, "Programmed"),
+                "the Gateway Programmed",
+                timeout,
+                state,
+            )
+            state.endpoints["gateway"] = f"http://{NAMESPACE_ADDRESS}:{port}"
+        self._save(state)
+
+    def _dataplane_bin_dir(self) -> Path:
+        out = subprocess.run(
+            ["bash", str(REPO_ROOT / "hack" / "build-tools.sh"), "dataplane"],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return Path(out.stdout.strip().splitlines()[-1])
+
+    def _start_command(self, state: ClusterState, command: services.Command) -> None:
+        require_isolated_network(command.name)
+        self._start(state, command.name, Path(command.argv[0]), command.argv[1:], command.env)
+
+    def _kubectl(self, state: ClusterState, *args: str, stdin: str | None = None) -> None:
+        result = subprocess.run(
+            [str(VENV_BIN / "kubectl"), f"--kubeconfig={state.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+
+    def _kubectl_apply(self, state: ClusterState, objects: list[dict[str, Any]]) -> None:
+        document = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        self._kubectl(state, "apply", "--server-side", "-f", "-", stdin=document)
 
     def add_nodes(self, api: ApiClient, nodes: int, gpus_per_node: int) -> None:
         manifests = [
@@ -385,7 +569,7 @@ class LocalCluster:
         )
         (pki / "san.ext").write_text(
             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-            "DNS:kubernetes.default.svc,IP:10.96.0.1\n"
+            f"DNS:kubernetes.default.svc,IP:{KUBERNETES_SERVICE_IP}\n"
         )
         openssl(
             "x509",
@@ -405,6 +589,16 @@ class LocalCluster:
             str(pki / "apiserver.crt"),
         )
         openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+        # The aggregation layer: the apiserver's front-proxy client certificate (what an extension
+        # apiserver such as prometheus-adapter trusts), and the adapter's serving certificate for
+        # the name the apiserver verifies it against.
+        signed_by_ca(pki, "front-proxy-client", "front-proxy-client", "")
+        signed_by_ca(
+            pki,
+            "adapter",
+            "prometheus-adapter",
+            f"subjectAltName=DNS:{services.adapter_server_name()},IP:127.0.0.1\n",
+        )
         # Static token auth: one admin in system:masters (RBAC stays on for everyone else).
         (pki / "tokens.csv").write_text(f'{token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         ca_data = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
@@ -464,7 +658,15 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.key'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # The aggregation layer (custom.metrics.k8s.io from prometheus-adapter).
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             "--allow-privileged=true",
             # No kubelet/pod network: don't publish 127.0.0.1 as the `kubernetes` Service endpoint.
             "--endpoint-reconciler-type=none",
@@ -494,8 +696,7 @@ class LocalCluster:
             "--v=1",
         ]
 
-    @staticmethod
-    def _kwok_config(data_dir: Path, bins: Path) -> Path:
+    def _kwok_config(self, data_dir: Path, bins: Path, local_kubelet: bool) -> Path:
         config = data_dir / "kwok.yaml"
         header = (
             "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
@@ -503,9 +704,9 @@ class LocalCluster:
             "options:\n"
             "  manageAllNodes: false\n"
             "  manageNodesWithAnnotationSelector: kwok.x-k8s.io/node=fake\n"
-            # Pod IPs distinct from the service range.
-            "  cidr: 10.244.0.0/16\n"
-            "  nodeIP: 10.240.0.1\n"
+            # Pod and node addresses inside the namespace (see the module docstring).
+            f"  cidr: {self.pod_cidr}\n"
+            f"  nodeIP: {NAMESPACE_ADDRESS}\n"
             "  nodeLeaseDurationSeconds: 40\n"
             # kwok's documented defaults, spelled out: with a config file it leaves them at 0.
             "  nodeLeaseParallelism: 8\n"
@@ -513,14 +714,25 @@ class LocalCluster:
             "  podPlayStageParallelism: 8\n"
             "  podsOnNodeSyncParallelism: 2\n"
         )
-        config.write_text(header + (bins / "kwok-stages.yaml").read_text())
+        stages = (bins / "kwok-stages.yaml").read_text()
+        if local_kubelet:
+            stages = with_local_kubelet(stages)
+        config.write_text(header + stages)
         return config
 
-    def _start(self, state: ClusterState, name: str, binary: Path, args: list[str]) -> None:
+    def _start(
+        self,
+        state: ClusterState,
+        name: str,
+        binary: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+    ) -> None:
         logfile = Path(state.data_dir) / f"{name}.log"
         with logfile.open("ab") as out:
             process = subprocess.Popen(
                 [str(binary), *args],
+                env={**os.environ, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -618,15 +830,82 @@ class LocalCluster:
             "processes": processes,
             "total_rss_mib": round(sum(p["rss_mib"] for p in processes.values()), 1),
             "data_dir": state.data_dir,
+            "components": state.components,
+            "endpoints": state.endpoints,
         }
+
+
+def current_netns() -> str:
+    """This process's network namespace, e.g. `net:[4026532871]`."""
+    return str(Path("/proc/self/ns/net").readlink())
+
+
+def signed_by_ca(pki: Path, name: str, common_name: str, extensions: str) -> None:
+    """A key and a certificate `<name>.{key,crt}` signed by the cluster's CA."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    key, csr, crt = (str(pki / f"{name}.{suffix}") for suffix in ("key", "csr", "crt"))
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+        "-subj",
+        f"/CN={common_name}",
+    )
+    sign = [
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        str(pki / "ca.crt"),
+        "-CAkey",
+        str(pki / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        crt,
+    ]
+    if extensions:
+        (pki / f"{name}.ext").write_text(extensions)
+        sign += ["-extfile", str(pki / f"{name}.ext")]
+    openssl(*sign)
+
+
+def _condition(api: ApiClient, path: str, kind: str) -> bool:
+    try:
+        obj = api.request("GET", path, timeout=3)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(
+        c.get("type") == kind and c.get("status") == "True"
+        for c in obj.get("status", {}).get("conditions", [])
+    )
+
+
+# Never through a proxy from the environment: every address here is local to the namespace.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+        with _DIRECT.open(url, timeout=2) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def parse_components(text: str) -> tuple[str, ...]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return COMPONENTS if names == ["dataplane"] else tuple(names)
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 (one return per subcommand outcome)
@@ -644,6 +923,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 (one return per
         "--nodes", type=int, default=int(os.environ.get("MODELPLANE_CLUSTER_NODES", "4"))
     )
     up.add_argument("--gpus-per-node", type=int, default=8)
+    up.add_argument(
+        "--with",
+        dest="components",
+        default=os.environ.get("MODELPLANE_CLUSTER_WITH", ""),
+        help="the data plane, comma-separated: kubelet, prometheus, metrics, gateway; or "
+        "`dataplane` for all four (default: none, the control plane alone)",
+    )
+    up.add_argument(
+        "--max-processes", type=int, default=0, help="local kubelet: most server processes at once"
+    )
     sub.add_parser("down", help="stop the processes `up` started and remove its data")
     sub.add_parser("status", help="print whether the cluster runs, its processes and their memory")
     sub.add_parser("env", help="print `export KUBECONFIG=...` for eval")
@@ -659,8 +948,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 (one return per
             )
             return 0
         try:
-            state = cluster.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node)
-        except (ClusterError, subprocess.CalledProcessError) as error:
+            state = cluster.up(
+                nodes=args.nodes,
+                gpus_per_node=args.gpus_per_node,
+                components=parse_components(args.components),
+                max_processes=args.max_processes,
+            )
+        except (ClusterError, NotIsolatedError, subprocess.CalledProcessError) as error:
             log(f"error: {error}")
             return 1
         print(f"export KUBECONFIG={state.kubeconfig}")

@@ -24,6 +24,9 @@ import pytest
 import localcluster  # hack/ is on pytest's pythonpath
 from testsupport import Cluster
 
+# Tiny and embedded models for the server, e2e and data-plane tests.
+pytest_plugins = ["modelfixtures"]
+
 
 def _cluster_env(kubeconfig: Path) -> dict[str, str]:
     env = dict(os.environ)
@@ -40,11 +43,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(Path(given), _cluster_env(Path(given)))
         return
     dev = localcluster.LocalCluster()
-    running = dev.running()
+    running = dev.reachable()
     if running is not None:
         yield Cluster(Path(running.kubeconfig), _cluster_env(Path(running.kubeconfig)))
         return
-    own = localcluster.LocalCluster(tmp_path_factory.mktemp("cluster"))
+    # A pod range apart from the data-plane cluster's (tests/dataplane) in the same namespace.
+    own = localcluster.LocalCluster(tmp_path_factory.mktemp("cluster"), pod_cidr="10.244.64.0/18")
     state = own.up()
     try:
         yield Cluster(Path(state.kubeconfig), _cluster_env(Path(state.kubeconfig)))

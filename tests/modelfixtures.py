@@ -1,4 +1,5 @@
-"""Shared fixtures for the server's tests: tiny, deterministic models saved to disk, built offline.
+"""Model fixtures for every tier (a pytest plugin, registered in tests/conftest.py): tiny,
+deterministic models saved to disk, built offline.
 
 - `tiny_llama_dir`: a randomly initialised two-layer LlamaForCausalLM with SmolLM2's real tokenizer
   (and its chat template), saved with `save_pretrained`; loads like any local HF model directory.

@@ -1,0 +1,96 @@
+"""Helpers for the data-plane tier (tests/dataplane): the handle on a data-plane cluster, objects
+the tests apply, and polling on what the real processes report."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testsupport import Cluster, wait_for
+
+# Every address here is local to the namespace: never through a proxy from the environment.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    cluster: Cluster
+    gateway: str  # http://<namespace address>:<port>, Traefik's entry point for the Gateway
+    prometheus: str
+    kubelet_dir: Path
+
+    def kubectl(self, *args: str, **kwargs: Any) -> Any:
+        return self.cluster.kubectl(*args, **kwargs)
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
+
+    def prometheus_query(self, query: str) -> list[dict[str, Any]]:
+        url = f"{self.prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        with DIRECT.open(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+
+def apply(plane: DataPlane, namespace: str, *objects: dict[str, Any]) -> None:
+    document = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    plane.kubectl("apply", "-n", namespace, "--server-side", "-f", "-", input=document)
+
+
+def http_route(name: str, service: str, port: int = 80) -> dict[str, Any]:
+    """An HTTPRoute from the local cluster's Gateway to a ModelDeployment's Service."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [
+                {
+                    "name": "modelplane",
+                    "namespace": "modelplane-gateway",
+                    "sectionName": "web",
+                }
+            ],
+            "rules": [{"backendRefs": [{"name": service, "port": port}]}],
+        },
+    }
+
+
+def ready_condition(plane: DataPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    obj = plane.get("-n", namespace, "modeldeployment", name)
+    for condition in obj.get("status", {}).get("conditions", []):
+        if condition["type"] == "Ready":
+            return dict(condition)
+    return None
+
+
+def wait_ready(plane: DataPlane, namespace: str, name: str, timeout: float = 240) -> None:
+    wait_for(
+        lambda: (ready_condition(plane, namespace, name) or {}).get("status") == "True",
+        timeout=timeout,
+        interval=0.5,
+        what=f"ModelDeployment {name} Ready",
+    )
+
+
+def pods(plane: DataPlane, namespace: str, instance: str) -> list[dict[str, Any]]:
+    items = plane.get("-n", namespace, "pods", "-l", f"app.kubernetes.io/instance={instance}")
+    return list(items["items"])
+
+
+def wait_answer(url: str, timeout: float = 60) -> None:
+    """Until the gateway routes to a server: Programmed comes a moment before routes are live."""
+
+    def answers() -> bool:
+        try:
+            with DIRECT.open(url, timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_for(answers, timeout=timeout, interval=0.5, what=f"an answer from {url}")
