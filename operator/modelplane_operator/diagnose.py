@@ -8,6 +8,7 @@ whether scaling works. This module turns them into the conditions and replica co
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +204,26 @@ def rollout_state(deployment: Object | None) -> RolloutState:
     )
 
 
+def autoscaled_desired(hpa: Object, current: int) -> int:
+    """The replicas an HPA wants: its `desiredReplicas` once it has reported (it has conditions
+    then), before that the floor it is about to enforce; never outside [minReplicas, maxReplicas].
+    The Deployment's own `replicas` lags: the HPA writes it only when it next acts."""
+    spec = hpa.get("spec") or {}
+    status = hpa.get("status") or {}
+    low = int(spec.get("minReplicas") or 1)
+    high = int(spec.get("maxReplicas") or max(low, current))
+    reported = bool(status.get("conditions")) and status.get("desiredReplicas") is not None
+    wanted = int(status["desiredReplicas"]) if reported else current
+    return min(max(wanted, low), high)
+
+
+def _with_desired(rollout: RolloutState, desired: int) -> RolloutState:
+    """The rollout measured against the autoscaler's desired count rather than the Deployment's."""
+    if desired == rollout.desired:
+        return rollout
+    return dataclasses.replace(rollout, desired=desired, complete=False)
+
+
 def _progressing_condition(rollout: RolloutState) -> Condition:
     if rollout.stalled_message is not None:
         return Condition(
@@ -260,6 +281,8 @@ def observe(
 ) -> Observed:
     """Conditions and replica counts from the live Deployment, pods and HPA."""
     rollout = rollout_state(deployment)
+    if autoscaling_wanted and not suspended and hpa is not None and rollout.exists:
+        rollout = _with_desired(rollout, autoscaled_desired(hpa, rollout.desired))
     failure = pods_failure(pods)
     if failure is not None:
         pods_healthy = Condition(PODS_HEALTHY, "False", failure.reason, failure.message)

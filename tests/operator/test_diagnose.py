@@ -225,6 +225,38 @@ def test_autoscaler_and_monitoring_conditions() -> None:
     assert conditions["Ready"] == ("True", "Serving")
 
 
+@pytest.mark.parametrize(
+    ("hpa_status", "deployment_replicas", "desired"),
+    [
+        ({}, 1, 2),  # not acted yet: the floor it will enforce, not the Deployment's default 1
+        ({"desiredReplicas": 0}, 1, 2),  # a fresh HPA's zero means "not computed", not 0
+        ({"desiredReplicas": 3, "conditions": [{"type": "ScalingActive"}]}, 2, 3),
+        ({"desiredReplicas": 9, "conditions": [{"type": "ScalingActive"}]}, 4, 4),  # max
+    ],
+)
+def test_desired_replicas_under_an_hpa_are_the_hpas(
+    hpa_status: dict[str, Any], deployment_replicas: int, desired: int
+) -> None:
+    """`kubectl get md` says 1/2, not 1/1, for minReplicas 2 before the HPA first acts."""
+    hpa = {"spec": {"minReplicas": 2, "maxReplicas": 4}, "status": hpa_status}
+    observed = observe(
+        deployment=deployment(deployment_replicas, deployment_replicas),
+        pods=[],
+        suspended=False,
+        autoscaling_wanted=True,
+        hpa=hpa,
+        monitoring_wanted=False,
+        monitoring_skipped=False,
+    )
+    assert observed.desired_replicas == desired
+    ready = next(c for c in observed.conditions if c.type == "Ready")
+    if desired == deployment_replicas:
+        assert (ready.status, ready.reason) == ("True", "Serving")
+    else:
+        assert (ready.status, ready.reason) == ("False", "Starting")
+        assert f"{deployment_replicas}/{desired} replicas ready" in ready.message
+
+
 def test_transition_time_kept_while_status_unchanged() -> None:
     def observed(ready_replicas: int) -> list[Condition]:
         return observe(
