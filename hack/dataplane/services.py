@@ -62,6 +62,7 @@ def prometheus_config(kubeconfig: Path) -> dict[str, Any]:
                     },
                     {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                     {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                    # The operator's ServiceMonitor relabelings (render.METRIC_RELABELINGS).
                     {
                         "source_labels": [f"{label}app_kubernetes_io_instance"],
                         "target_label": "modeldeployment",
@@ -72,7 +73,7 @@ def prometheus_config(kubeconfig: Path) -> dict[str, Any]:
                         "target_label": "variant",
                     },
                     {
-                        "source_labels": ["variant"],
+                        "source_labels": [f"{label}modelplane_io_variant"],
                         "regex": "",
                         "target_label": "variant",
                         "replacement": "stable",

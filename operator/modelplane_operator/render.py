@@ -568,6 +568,29 @@ def render_disruption_budget(owner: Owner, spec: ModelDeploymentSpec) -> Manifes
     return _manifest("policy/v1", "PodDisruptionBudget", _metadata(owner), pdb)
 
 
+# Labels on every series of a server besides Prometheus-Operator's own (namespace, pod, service,
+# endpoint, container): the ModelDeployment and the variant (`stable` unless the pod says so).
+# The local cluster's Prometheus (hack/dataplane/services.py) relabels the same way; a test holds
+# the two together.
+METRIC_RELABELINGS: list[dict[str, Any]] = [
+    {
+        "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+        "targetLabel": "modeldeployment",
+    },
+    {
+        "sourceLabels": ["__meta_kubernetes_pod_label_modelplane_io_variant"],
+        "regex": "(.+)",
+        "targetLabel": "variant",
+    },
+    {
+        "sourceLabels": ["__meta_kubernetes_pod_label_modelplane_io_variant"],
+        "regex": "",
+        "targetLabel": "variant",
+        "replacement": "stable",
+    },
+]
+
+
 def render_service_monitor(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
     """A Prometheus-Operator ServiceMonitor for the server's /metrics (no typed model exists)."""
     return {
@@ -581,6 +604,7 @@ def render_service_monitor(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
                     "port": server_contract.PORT_NAME,
                     "path": server_contract.METRICS_PATH,
                     "interval": spec.monitoring.interval,
+                    "relabelings": [dict(rule) for rule in METRIC_RELABELINGS],
                 }
             ],
         },
