@@ -46,7 +46,10 @@ GPU_TYPE_MESSAGE = "spec.accelerator.type needs spec.accelerator.count > 0"
 MIN_MAX_MESSAGE = (
     "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"
 )
-TARGET_MESSAGE = "spec.autoscaling needs a target: targetQueueDepth or targetCPUUtilizationPercent"
+TARGET_MESSAGE = (
+    "spec.autoscaling needs a target: targetQueueDepth, targetBatchFillPercent or "
+    "targetCPUUtilizationPercent"
+)
 ROLLOUT_MESSAGE = "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0"
 REPLICAS_AUTOSCALING_MESSAGE = (
     "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the replica count "
@@ -330,7 +333,8 @@ class Autoscaling(ApiModel):
                 MIN_MAX_MESSAGE,
             ),
             (
-                "has(self.targetQueueDepth) || has(self.targetCPUUtilizationPercent)",
+                "has(self.targetQueueDepth) || has(self.targetBatchFillPercent) || "
+                "has(self.targetCPUUtilizationPercent)",
                 TARGET_MESSAGE,
             ),
         )
@@ -348,6 +352,16 @@ class Autoscaling(ApiModel):
             "to the HPA as a Pods metric by a custom-metrics adapter such as prometheus-adapter)."
         ),
     )
+    target_batch_fill_percent: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "Average batch fill per replica, in percent: running sequences over "
+            "server.maxBatchSize (the server's modelplane_batch_fill gauge, a Pods metric through "
+            "a custom-metrics adapter). A full batch is saturation before latency shows it."
+        ),
+    )
     target_cpu_utilization_percent: int | None = Field(
         default=None,
         alias="targetCPUUtilizationPercent",
@@ -363,7 +377,12 @@ class Autoscaling(ApiModel):
     def _check(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(MIN_MAX_MESSAGE)
-        if self.target_queue_depth is None and self.target_cpu_utilization_percent is None:
+        targets = (
+            self.target_queue_depth,
+            self.target_batch_fill_percent,
+            self.target_cpu_utilization_percent,
+        )
+        if all(target is None for target in targets):
             raise ValueError(TARGET_MESSAGE)
         return self
 

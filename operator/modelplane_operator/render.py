@@ -528,6 +528,20 @@ def render_autoscaler(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | Non
                 ),
             )
         )
+    if autoscaling.target_batch_fill_percent is not None:
+        metrics.append(
+            MetricSpec(
+                type="Pods",
+                pods=PodsMetricSource(
+                    metric=MetricIdentifier(name=server_contract.BATCH_FILL_METRIC),
+                    # The gauge is a fraction: 80 % is the quantity 800m.
+                    target=MetricTarget(
+                        type="AverageValue",
+                        averageValue=f"{autoscaling.target_batch_fill_percent * 10}m",
+                    ),
+                ),
+            )
+        )
     if autoscaling.target_cpu_utilization_percent is not None:
         metrics.append(
             MetricSpec(

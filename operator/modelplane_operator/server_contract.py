@@ -19,6 +19,8 @@ OPENAI_BASE_PATH = "/v1"
 METRIC_PREFIX = "modelplane_"
 # The gauge the HPA's Pods metric reads (through a custom-metrics adapter) for targetQueueDepth.
 QUEUE_DEPTH_METRIC = "modelplane_queue_depth"
+# Running sequences / --max-batch-size, 0..1.
+BATCH_FILL_METRIC = "modelplane_batch_fill"
 ENV_PREFIX = "MODELPLANE_"
 
 # Endpoints must be removed from the Service before the server stops admitting work.

@@ -1,6 +1,7 @@
 """Metrics and autoscaling on the real data plane: Prometheus scrapes the pods' servers with the
 labels the operator promises, prometheus-adapter serves them as custom metrics, and the
-kube-controller-manager's real HPA controller scales a ModelDeployment on its queue depth."""
+kube-controller-manager's real HPA controller scales a ModelDeployment on its queue depth or its
+batch fill."""
 
 from __future__ import annotations
 
@@ -89,8 +90,21 @@ def test_prometheus_has_the_promised_labels_and_the_custom_metrics_api_serves_th
     assert item["value"] == "0"
 
 
-def test_hpa_on_queue_depth_scales_up_under_load_and_down_without_a_failed_request(
-    dataplane: DataPlane, dataplane_operator: object, dp_namespace: str, tiny_llama_dir: Path
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"targetQueueDepth": 1},
+        # One sequence per step: one running request is a full batch (1000m against 500m).
+        {"targetBatchFillPercent": 50},
+    ],
+    ids=["queue-depth", "batch-fill"],
+)
+def test_hpa_scales_up_under_load_and_down_without_a_failed_request(
+    dataplane: DataPlane,
+    dataplane_operator: object,
+    dp_namespace: str,
+    tiny_llama_dir: Path,
+    target: dict[str, int],
 ) -> None:
     apply(
         dataplane,
@@ -103,8 +117,8 @@ def test_hpa_on_queue_depth_scales_up_under_load_and_down_without_a_failed_reque
             autoscaling={
                 "minReplicas": 1,
                 "maxReplicas": 3,
-                "targetQueueDepth": 1,
                 "scaleDownStabilizationSeconds": 15,
+                **target,
             },
         ),
         http_route("tiny", "tiny"),

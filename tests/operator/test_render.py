@@ -187,6 +187,14 @@ def test_autoscaler_owns_replicas() -> None:
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}
 
 
+def test_batch_fill_target_is_a_fraction_of_the_batch() -> None:
+    spec = spec_of(autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetBatchFillPercent": 80})
+    hpa = by_kind(render(OWNER, spec, RenderOptions()))["HorizontalPodAutoscaler"]["spec"]
+    (metric,) = hpa["metrics"]
+    assert metric["pods"]["metric"]["name"] == server_contract.BATCH_FILL_METRIC
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "800m"}
+
+
 def test_suspend_scales_to_zero_and_drops_autoscaler_and_budget() -> None:
     rendered = render(OWNER, sample_spec("full", suspend=True), RenderOptions())
     kinds = by_kind(rendered)

@@ -51,5 +51,7 @@ def test_grace_period_outlasts_pre_stop_and_drain() -> None:
     assert "`drain_timeout_s + 15`" in CONTRACT
 
 
-def test_queue_depth_metric_is_prefixed() -> None:
-    assert server_contract.QUEUE_DEPTH_METRIC.startswith(server_contract.METRIC_PREFIX)
+def test_autoscaling_metrics_are_prefixed_and_in_the_contract() -> None:
+    for metric in (server_contract.QUEUE_DEPTH_METRIC, server_contract.BATCH_FILL_METRIC):
+        assert metric.startswith(server_contract.METRIC_PREFIX)
+        assert f"`{metric}`" in CONTRACT
