@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
             require_isolated_network("the data plane")
             return 0
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+        for noisy in ("httpx", "httpx2"):  # one line per API call otherwise
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         from dataplane.kubelet import KubeletConfig, default_max_processes, serve
 
         config = KubeletConfig(

@@ -50,18 +50,20 @@ def _dataplane(state: localcluster.ClusterState) -> DataPlane:
 @pytest.fixture(scope="session")
 def dataplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
     dev = localcluster.LocalCluster().reachable()
+    own = None
     if dev is not None and set(dev.components) == set(localcluster.COMPONENTS):
-        yield _dataplane(dev)
-        return
-    own = localcluster.LocalCluster(tmp_path_factory.mktemp("dataplane-cluster"))
-    state = own.up(nodes=2, components=localcluster.COMPONENTS)
+        state = dev
+    else:
+        own = localcluster.LocalCluster(tmp_path_factory.mktemp("dataplane-cluster"))
+        state = own.up(nodes=2, components=localcluster.COMPONENTS)
     try:
         plane = _dataplane(state)
         plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
         plane.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io")
         yield plane
     finally:
-        own.down(quiet=True)
+        if own is not None:
+            own.down(quiet=True)
 
 
 @pytest.fixture(scope="module")
