@@ -555,38 +555,12 @@ class LocalCluster:
             "-subj",
             "/CN=modelplane-local-ca",
         )
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(pki / "apiserver.key"),
-            "-out",
-            str(pki / "apiserver.csr"),
-            "-subj",
-            "/CN=kube-apiserver",
-        )
-        (pki / "san.ext").write_text(
+        signed_by_ca(
+            pki,
+            "apiserver",
+            "kube-apiserver",
             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-            f"DNS:kubernetes.default.svc,IP:{KUBERNETES_SERVICE_IP}\n"
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(pki / "apiserver.csr"),
-            "-CA",
-            str(pki / "ca.crt"),
-            "-CAkey",
-            str(pki / "ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            str(pki / "san.ext"),
-            "-out",
-            str(pki / "apiserver.crt"),
+            f"DNS:kubernetes.default.svc,IP:{KUBERNETES_SERVICE_IP}\n",
         )
         openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
         # The aggregation layer: the apiserver's front-proxy client certificate (what an extension

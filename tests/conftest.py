@@ -13,16 +13,14 @@ Helpers for tests (`Cluster`, `wait_for`) live in tests/testsupport.py:
 from __future__ import annotations
 
 import os
-import re
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import localcluster  # hack/ is on pytest's pythonpath
-from testsupport import Cluster
+from testsupport import Cluster, namespace_name
 
 # Tiny and embedded models for the server, e2e and data-plane tests.
 pytest_plugins = ["modelfixtures"]
@@ -59,8 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, named after it; deleted afterwards (without waiting)."""
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    name = namespace_name(request.node.name)
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

@@ -37,6 +37,17 @@ class DataPlane:
         return list(body["data"]["result"])
 
 
+def model_deployment(name: str, uri: str, **spec: Any) -> dict[str, Any]:
+    """A ModelDeployment for the data plane; embeddings off unless asked for (memory, start)."""
+    server = {"extraArgs": ["--embedding-model=none"], **spec.pop("server", {})}
+    return {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"uri": uri}, "server": server, **spec},
+    }
+
+
 def apply(plane: DataPlane, namespace: str, *objects: dict[str, Any]) -> None:
     document = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
     plane.kubectl("apply", "-n", namespace, "--server-side", "-f", "-", input=document)
@@ -70,12 +81,27 @@ def ready_condition(plane: DataPlane, namespace: str, name: str) -> dict[str, An
 
 
 def wait_ready(plane: DataPlane, namespace: str, name: str, timeout: float = 240) -> None:
-    wait_for(
-        lambda: (ready_condition(plane, namespace, name) or {}).get("status") == "True",
-        timeout=timeout,
-        interval=0.5,
-        what=f"ModelDeployment {name} Ready",
-    )
+    """Until the ModelDeployment is Ready; on timeout, say what its status and pods said."""
+    try:
+        wait_for(
+            lambda: (ready_condition(plane, namespace, name) or {}).get("status") == "True",
+            timeout=timeout,
+            interval=0.5,
+            what=f"ModelDeployment {name} Ready",
+        )
+    except AssertionError as error:
+        md = plane.get("-n", namespace, "modeldeployment", name).get("status", {})
+        states = [
+            (
+                p["metadata"]["name"],
+                p.get("status", {}).get("conditions"),
+                p.get("status", {}).get("containerStatuses"),
+            )
+            for p in pods(plane, namespace, name)
+        ]
+        raise AssertionError(
+            f"{error}\nstatus: {json.dumps(md)}\npods: {json.dumps(states)}"
+        ) from None
 
 
 def pods(plane: DataPlane, namespace: str, instance: str) -> list[dict[str, Any]]:

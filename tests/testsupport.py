@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,12 @@ class Cluster:
                 f"{result.stderr}{result.stdout}"
             )
         return result
+
+
+def namespace_name(test_name: str) -> str:
+    """A fresh namespace name after a test's name (`test-...`: the operator's tests watch that)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"{base}-{uuid.uuid4().hex[:6]}"
 
 
 def wait_for(

@@ -510,6 +510,17 @@ def render_service(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
     return _manifest("v1", "Service", _metadata(owner), service)
 
 
+def _pods_metric(name: str, average: str) -> MetricSpec:
+    """A per-pod average of one of the server's gauges (served by a custom-metrics adapter)."""
+    return MetricSpec(
+        type="Pods",
+        pods=PodsMetricSource(
+            metric=MetricIdentifier(name=name),
+            target=MetricTarget(type="AverageValue", averageValue=average),
+        ),
+    )
+
+
 def render_autoscaler(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
     """The HPA, when autoscaling is requested and the deployment is not suspended."""
     autoscaling = spec.autoscaling
@@ -518,30 +529,12 @@ def render_autoscaler(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | Non
     metrics = []
     if autoscaling.target_queue_depth is not None:
         metrics.append(
-            MetricSpec(
-                type="Pods",
-                pods=PodsMetricSource(
-                    metric=MetricIdentifier(name=server_contract.QUEUE_DEPTH_METRIC),
-                    target=MetricTarget(
-                        type="AverageValue", averageValue=str(autoscaling.target_queue_depth)
-                    ),
-                ),
-            )
+            _pods_metric(server_contract.QUEUE_DEPTH_METRIC, str(autoscaling.target_queue_depth))
         )
     if autoscaling.target_batch_fill_percent is not None:
-        metrics.append(
-            MetricSpec(
-                type="Pods",
-                pods=PodsMetricSource(
-                    metric=MetricIdentifier(name=server_contract.BATCH_FILL_METRIC),
-                    # The gauge is a fraction: 80 % is the quantity 800m.
-                    target=MetricTarget(
-                        type="AverageValue",
-                        averageValue=f"{autoscaling.target_batch_fill_percent * 10}m",
-                    ),
-                ),
-            )
-        )
+        # The gauge is a fraction: 80 % is the quantity 800m.
+        average = f"{autoscaling.target_batch_fill_percent * 10}m"
+        metrics.append(_pods_metric(server_contract.BATCH_FILL_METRIC, average))
     if autoscaling.target_cpu_utilization_percent is not None:
         metrics.append(
             MetricSpec(

@@ -23,7 +23,7 @@ from modelplane_operator import handlers
 from modelplane_operator.settings import OperatorSettings, kopf_settings
 
 import localcluster
-from testsupport import Cluster, wait_for
+from testsupport import Cluster, namespace_name, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
@@ -116,11 +116,7 @@ def dataplane_operator(dataplane: DataPlane) -> Iterator[handlers.OperatorContex
 @pytest.fixture
 def dp_namespace(dataplane: DataPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace on the data-plane cluster (`test-...`, so the operator watches it)."""
-    import re
-    import uuid
-
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    name = namespace_name(request.node.name)
     dataplane.kubectl("create", "namespace", name)
     yield name
     dataplane.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from dataplanesupport import DataPlane, apply, http_route, pods, wait_answer, wait_ready
+from dataplanesupport import (
+    DataPlane,
+    apply,
+    http_route,
+    model_deployment,
+    pods,
+    wait_answer,
+    wait_ready,
+)
 
 from testsupport import wait_for
 
@@ -27,13 +35,7 @@ TRICKLE_SECONDS_MAX = 240
 
 
 def tiny(name: str, model_dir: Path, **spec: Any) -> dict[str, Any]:
-    server = {"extraArgs": ["--embedding-model=none"], **spec.pop("server", {})}
-    return {
-        "apiVersion": "modelplane.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {"model": {"uri": f"file://{model_dir}"}, "server": server, **spec},
-    }
+    return model_deployment(name, f"file://{model_dir}", **spec)
 
 
 def ready_pods(plane: DataPlane, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from dataplanesupport import (
     DataPlane,
     apply,
     http_route,
+    model_deployment,
     pods,
     ready_condition,
     wait_answer,
@@ -28,16 +29,6 @@ from dataplanesupport import (
 from testsupport import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.dataplane]
-
-
-def model_deployment(name: str, uri: str, **spec: Any) -> dict[str, Any]:
-    server = {"extraArgs": ["--embedding-model=none"], **spec.pop("server", {})}
-    return {
-        "apiVersion": "modelplane.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {"model": {"uri": uri}, "server": server, **spec},
-    }
 
 
 def startup_probe(plane: DataPlane, pod: dict[str, Any]) -> int | None:
