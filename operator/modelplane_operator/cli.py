@@ -90,9 +90,8 @@ def _run(namespaces: list[str] | None, verbose: bool) -> None:
             settings=kopf_settings(settings),
             memo=kopf.Memo(context=handlers.OperatorContext(settings=settings)),
             standalone=True,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
             liveness_endpoint=liveness,
+            **handlers.kopf_scope(settings),
         )
     )
 

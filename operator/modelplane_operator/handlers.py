@@ -7,6 +7,13 @@ something changed. There are no kopf change handlers (create/update/resume), so 
 nothing of its own to ModelDeployments (no last-handled-configuration, no progress, no
 finalizers); level-based reconciles need none of it, and retries are the work queue's.
 
+A namespace glob (`--namespace 'team-*'`) is served by cluster-wide watches whose events are
+filtered here (`kopf_scope`), not by kopf's own namespace tracking (kopf 1.45's
+`namespace_observer`): it lists namespaces, then opens a watch that lists them again and ignores
+what that second listing adds, so a matching namespace created between the two (a test's namespace,
+created as the operator starts) would never be watched, and its ModelDeployments would never see
+their Deployments and pods become ready.
+
 A resync loop started at startup re-queues every ModelDeployment periodically, reading the kinds
 nobody watches (NetworkPolicy, ServiceMonitor) from the API to catch their drift. It is our own
 task rather than `@kopf.timer` because kopf puts a finalizer on every object with a timer, and
@@ -19,7 +26,7 @@ import asyncio
 import contextlib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import kopf
 from lightkube import ApiError, AsyncClient
@@ -109,7 +116,11 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 def _notice(memo: Any, api_version: str, kind: str, event: Any) -> None:
     # Handlers are coroutines so that kopf runs them on the loop, not in its thread pool.
-    context_of(memo).active.notice(api_version, kind, event.get("type"), event["object"])
+    context = context_of(memo)
+    item = event["object"]
+    # Watches are cluster-wide for a glob (see `kopf_scope`): other namespaces are not ours.
+    if _watched(item["metadata"].get("namespace", ""), context.settings.namespaces):
+        context.active.notice(api_version, kind, event.get("type"), item)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
@@ -134,11 +145,36 @@ for (_api_version, _kind), _plural in WATCHED_KINDS.items():
     )
 
 
+def _cluster_wide(patterns: list[str]) -> bool:
+    """Whether the patterns need cluster-wide reads: none (everything) or any glob among them."""
+    return not patterns or any(char in pattern for pattern in patterns for char in "*?[")
+
+
+class KopfScope(TypedDict):
+    """What `kopf.operator` watches: `**kopf_scope(settings)` goes into its keyword arguments."""
+
+    clusterwide: bool
+    namespaces: list[str]
+
+
+def kopf_scope(settings: OperatorSettings) -> KopfScope:
+    """kopf's watch scope for our namespace patterns.
+
+    A glob is watched cluster-wide and filtered in `_notice`: kopf's own tracking of namespaces
+    would lose one created while it starts (see the module docstring), whereas each kind's watch
+    lists before it watches and so loses nothing. Plain names are watched one by one, which is all
+    a Role in each of them allows; kopf's tracking has the same gap for them, but such a
+    namespace exists before the operator starts, as its Role does.
+    """
+    patterns = list(settings.namespaces)
+    if _cluster_wide(patterns):
+        return KopfScope(clusterwide=True, namespaces=[])
+    return KopfScope(clusterwide=False, namespaces=patterns)
+
+
 def _listing_scopes(patterns: list[str]) -> list[str | None]:
     """Namespaces to list for a resync: each plain name, or everything (None) for a glob."""
-    if not patterns or any(char in pattern for pattern in patterns for char in "*?["):
-        return [None]
-    return list(patterns)
+    return [None] if _cluster_wide(patterns) else list(patterns)
 
 
 def _watched(namespace: str, patterns: list[str]) -> bool:

@@ -1,8 +1,10 @@
 """Fixtures for operator tests: the CRD installed in the test cluster and an in-process operator.
 
 The operator runs exactly as `modelplane-operator run` does (same registry, settings and memo) in a
-thread of this process, one per test module, watching only the tests' namespaces (`test-*`:
-tests/conftest.py names them after the test), with short resync and retry delays.
+thread of this process, one per test module, reconciling only in the tests' namespaces (`test-*`:
+tests/conftest.py names them after the test), with short resync and retry delays. Being a glob,
+`test-*` is watched cluster-wide (`handlers.kopf_scope`), so a namespace a test creates while the
+operator is still starting is watched like any other.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class RunningOperator:
 
 @pytest.fixture(scope="module")
 def running_operator(cluster: Cluster, modeldeployment_crd: None) -> Iterator[RunningOperator]:
-    # Not cluster-wide: ModelDeployments outside the tests' namespaces (a demo's) are not ours.
+    # Only test-*: ModelDeployments outside the tests' namespaces (a demo's) are not ours.
     settings = OperatorSettings(
         namespaces=[TEST_NAMESPACES],
         resync_seconds=3,
@@ -64,9 +66,9 @@ def running_operator(cluster: Cluster, modeldeployment_crd: None) -> Iterator[Ru
                     settings=kopf_settings(settings),
                     memo=kopf.Memo(context=context),
                     standalone=True,
-                    namespaces=settings.namespaces,
                     ready_flag=ready,
                     stop_flag=stop,
+                    **handlers.kopf_scope(settings),
                 )
             )
         except BaseException as error:  # surfaced to the test below, not lost in the thread

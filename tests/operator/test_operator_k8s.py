@@ -86,15 +86,23 @@ def wait_condition(
     *,
     reason: str | None = None,
 ) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
     def matches() -> dict[str, Any] | None:
         found = condition(cluster, namespace, name, kind)
+        seen.clear()
+        seen.update(found)
         if found.get("status") == status and (reason is None or found.get("reason") == reason):
             return found
         return None
 
-    result: dict[str, Any] = wait_for(
-        matches, timeout=TIMEOUT, what=f"{kind}={status} {reason or ''} on {name}"
-    )
+    try:
+        result: dict[str, Any] = wait_for(
+            matches, timeout=TIMEOUT, what=f"{kind}={status} {reason or ''} on {name}"
+        )
+    except AssertionError as error:
+        # wait_for's "last" is only matches()'s None: say what the condition was instead.
+        raise AssertionError(f"{error}; the last {kind} condition seen: {seen or 'none'}") from None
     return result
 
 

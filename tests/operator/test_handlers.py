@@ -1,0 +1,47 @@
+"""What kopf watches for our namespace patterns, and which of its events reach the reconciler."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import kopf
+import pytest
+from lightkube import AsyncClient
+
+from modelplane_operator import handlers
+from modelplane_operator.cache import ObjectCache
+from modelplane_operator.kube import Kube
+from modelplane_operator.models import API_VERSION, KIND
+from modelplane_operator.reconcile import Reconciler
+from modelplane_operator.settings import OperatorSettings
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        ([], handlers.KopfScope(clusterwide=True, namespaces=[])),
+        (
+            ["models", "team-a"],
+            handlers.KopfScope(clusterwide=False, namespaces=["models", "team-a"]),
+        ),
+        # kopf's own glob handling loses a namespace created while it starts: watch everything.
+        (["test-*"], handlers.KopfScope(clusterwide=True, namespaces=[])),
+        (["models", "team-?"], handlers.KopfScope(clusterwide=True, namespaces=[])),
+    ],
+)
+def test_kopf_scope(patterns: list[str], expected: handlers.KopfScope) -> None:
+    assert handlers.kopf_scope(OperatorSettings(namespaces=patterns)) == expected
+
+
+async def test_cluster_wide_events_outside_the_patterns_are_dropped() -> None:
+    context = handlers.OperatorContext(settings=OperatorSettings(namespaces=["test-*"]))
+    cache = ObjectCache()
+    context.reconciler = Reconciler(Kube(cast(AsyncClient, None), cache=cache))
+    memo = kopf.Memo(context=context)
+    for namespace in ("demo", "test-a"):
+        body = {"metadata": {"name": "m", "namespace": namespace, "resourceVersion": "1"}}
+        handlers._notice(memo, API_VERSION, KIND, {"type": "ADDED", "object": body})
+
+    assert cache.get(API_VERSION, KIND, "demo", "m") is None
+    assert cache.get(API_VERSION, KIND, "test-a", "m") is not None
+    assert not context.reconciler.idle  # test-a/m is queued
