@@ -1,12 +1,17 @@
-"""Helpers shared by tests: the handle on the test cluster and polling with a timeout."""
+"""Helpers shared by tests: the handle on the test cluster, polling with a timeout, and the
+operator running in a thread of the test process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import re
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,3 +63,50 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@contextlib.contextmanager
+def operator_thread(kubeconfig: Path, namespaces: list[str]) -> Iterator[Any]:
+    """The operator exactly as `modelplane-operator run` runs it (`handlers.operate`), in a thread,
+    against `kubeconfig`, watching `namespaces`, with short resync and retry delays. Yields its
+    `OperatorContext`; fails the test if it cannot start, crashes, or does not stop."""
+    from modelplane_operator import handlers
+    from modelplane_operator.settings import OperatorSettings
+
+    settings = OperatorSettings(
+        namespaces=namespaces,
+        resync_seconds=3,
+        retry_delay_seconds=1,
+        crd_refresh_seconds=2,
+        metrics_port=0,
+        health_port=0,
+    )
+    context = handlers.OperatorContext(settings=settings)
+    ready, stop = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(handlers.operate(settings, context, ready_flag=ready, stop_flag=stop))
+        except BaseException as error:  # surfaced to the test, not lost in the thread
+            failure.append(error)
+            ready.set()
+
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf and lightkube read it at login
+    thread = threading.Thread(target=run, name="modelplane-operator", daemon=True)
+    try:
+        thread.start()
+        assert ready.wait(60), "the operator did not start within 60 s"
+        assert not failure, f"the operator failed to start: {failure}"
+        wait_for(lambda: context.reconciler is not None, timeout=30, what="operator startup")
+        yield context
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+    assert not thread.is_alive(), "the operator did not stop within 30 s of its stop flag"
+    assert not failure, f"the operator crashed: {failure}"

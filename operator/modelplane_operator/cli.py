@@ -71,10 +71,8 @@ def render_file(path: Path, prometheus_operator: bool, namespace: str | None = N
 
 
 def _run(namespaces: list[str] | None, verbose: bool) -> None:
-    import kopf
-
     from modelplane_operator import handlers, metrics
-    from modelplane_operator.settings import OperatorSettings, kopf_settings
+    from modelplane_operator.settings import OperatorSettings
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -84,16 +82,8 @@ def _run(namespaces: list[str] | None, verbose: bool) -> None:
     settings = OperatorSettings(**overrides)
     metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    asyncio.run(
-        kopf.operator(
-            registry=handlers.registry,
-            settings=kopf_settings(settings),
-            memo=kopf.Memo(context=handlers.OperatorContext(settings=settings)),
-            standalone=True,
-            liveness_endpoint=liveness,
-            **handlers.kopf_scope(settings),
-        )
-    )
+    context = handlers.OperatorContext(settings=settings)
+    asyncio.run(handlers.operate(settings, context, liveness_endpoint=liveness))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

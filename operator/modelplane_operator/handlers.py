@@ -37,7 +37,7 @@ from modelplane_operator.kube import WATCHED_KINDS, Kube
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.reconcile import Reads, Reconciler
 from modelplane_operator.render import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
-from modelplane_operator.settings import OperatorSettings
+from modelplane_operator.settings import OperatorSettings, kopf_settings
 
 registry = kopf.OperatorRegistry()
 MANAGED: dict[str, Any] = {
@@ -195,3 +195,25 @@ async def _resync_forever(context: OperatorContext, logger: Any) -> None:
                 metadata = body["metadata"]
                 if _watched(metadata["namespace"], patterns):
                     context.active.enqueue(metadata["namespace"], metadata["name"], Reads.RESYNC)
+
+
+# aiohttp closes an SSL connection asynchronously after its session closes; a loop closed sooner
+# leaves the transport to the garbage collector ("unclosed transport" ResourceWarnings). aiohttp's
+# documented graceful shutdown waits this long before the loop goes.
+SSL_CLOSE_GRACE_SECONDS = 0.25
+
+
+async def operate(settings: OperatorSettings, context: OperatorContext, **options: Any) -> None:
+    """kopf's operator with our registry, settings and watch scope, as `modelplane-operator run`
+    and the tests run it; `options` go to `kopf.operator` (liveness endpoint, ready/stop flags)."""
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings(settings),
+            memo=kopf.Memo(context=context),
+            standalone=True,
+            **kopf_scope(settings),
+            **options,
+        )
+    finally:
+        await asyncio.sleep(SSL_CLOSE_GRACE_SECONDS)

@@ -8,22 +8,18 @@ cluster started with `hack/cluster.sh up --with dataplane` when one runs in this
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import kopf
 import pytest
 
 from dataplanesupport import DataPlane
 from modelplane_operator import handlers
-from modelplane_operator.settings import OperatorSettings, kopf_settings
 
 import localcluster
-from testsupport import Cluster, namespace_name, wait_for
+from testsupport import Cluster, namespace_name, operator_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
@@ -69,48 +65,8 @@ def dataplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
 @pytest.fixture(scope="module")
 def dataplane_operator(dataplane: DataPlane) -> Iterator[handlers.OperatorContext]:
     """The operator, as `modelplane-operator run` runs it, in a thread, watching `test-*`."""
-    settings = OperatorSettings(
-        namespaces=["test-*"],
-        resync_seconds=3,
-        retry_delay_seconds=1,
-        crd_refresh_seconds=2,
-        metrics_port=0,
-        health_port=0,
-    )
-    context = handlers.OperatorContext(settings=settings)
-    ready, stop = threading.Event(), threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(
-                kopf.operator(
-                    registry=handlers.registry,
-                    settings=kopf_settings(settings),
-                    memo=kopf.Memo(context=context),
-                    standalone=True,
-                    namespaces=settings.namespaces,
-                    ready_flag=ready,
-                    stop_flag=stop,
-                )
-            )
-        except BaseException as error:  # surfaced to the test, not lost in the thread
-            failure.append(error)
-            ready.set()
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KUBECONFIG", str(dataplane.cluster.kubeconfig))
-        thread = threading.Thread(target=run, name="modelplane-operator", daemon=True)
-        thread.start()
-        assert ready.wait(60), "the operator did not start within 60 s"
-        assert not failure, f"the operator failed to start: {failure}"
-        wait_for(lambda: context.reconciler is not None, timeout=30, what="operator startup")
-        try:
-            yield context
-        finally:
-            stop.set()
-            thread.join(timeout=30)
-    assert not failure, f"the operator crashed: {failure}"
+    with operator_thread(dataplane.cluster.kubeconfig, ["test-*"]) as context:
+        yield context
 
 
 @pytest.fixture
