@@ -4,6 +4,7 @@ the tests apply, and polling on what the real processes report."""
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -11,6 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from testsupport import Cluster, wait_for
+
+
+def tool_cache() -> Path:
+    """Where hack/lib.sh caches built tools: MODELPLANE_CACHE, else $XDG_CACHE_HOME/modelplane."""
+    cache = os.environ.get("MODELPLANE_CACHE")
+    if cache:
+        return Path(cache)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"
+
+
+def dataplane_binary(name: str) -> Path | None:
+    """A binary `hack/build-tools.sh dataplane` built (promtool, prometheus, ...), if it did."""
+    found = sorted(tool_cache().glob(f"bin/traefik-*_prometheus-*/{name}"))
+    return found[-1] if found else None
+
 
 # Every address here is local to the namespace: never through a proxy from the environment.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

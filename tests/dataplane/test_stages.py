@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import yaml
 from dataplane.podspec import SERVER_IMAGE_JQ
 from dataplane.stages import ADDRESS_STAGE, with_local_kubelet
+
+from dataplanesupport import tool_cache
 
 DEFAULTS = """---
 apiVersion: kwok.x-k8s.io/v1alpha1
@@ -62,11 +61,7 @@ def test_the_address_stage_sets_addresses_only() -> None:
 
 
 def test_the_real_default_stages_gain_the_selector_in_every_pod_stage() -> None:
-    # Where hack/lib.sh caches the tools: MODELPLANE_CACHE, else $XDG_CACHE_HOME/modelplane.
-    cache = os.environ.get("MODELPLANE_CACHE") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"
-    )
-    cached = sorted(Path(cache).glob("bin/k8s-*/kwok-stages.yaml"))
+    cached = sorted(tool_cache().glob("bin/k8s-*/kwok-stages.yaml"))
     if not cached:
         pytest.skip("kwok's stages are fetched by hack/build-tools.sh, which has not run here")
     stages = [s for s in yaml.safe_load_all(with_local_kubelet(cached[-1].read_text())) if s]
