@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +82,6 @@ class PodLayout:
 
 # Looks up a key of a Secret or ConfigMap: (kind, namespace, name, key) -> value or None.
 Lookup = Callable[[str, str, str, str], str | None]
-
-
-@dataclass
-class _Plan:
-    substitutions: list[str] = field(default_factory=list)
 
 
 def volume_dirs(pod: Object, layout: PodLayout) -> dict[str, Path]:
@@ -150,8 +145,8 @@ def container_env(pod: Object, container: Object, lookup: Lookup) -> dict[str, s
     """The container's environment as a kubelet resolves it (envFrom first, then env)."""
     namespace = pod["metadata"]["namespace"]
     env: dict[str, str] = {}
-    for source in container.get("envFrom") or []:
-        raise PodConfigError(f"envFrom ({', '.join(source)}) is not supported by the local kubelet")
+    if container.get("envFrom"):
+        raise PodConfigError("envFrom is not supported by the local kubelet")
     for variable in container.get("env") or []:
         name = variable["name"]
         if "valueFrom" not in variable:
@@ -202,7 +197,7 @@ def plan_container(
     pod: Object, container: Object, layout: PodLayout, lookup: Lookup
 ) -> ProcessPlan:
     """The host process for one (init) container of a pod that `runs_locally`."""
-    plan = _Plan()
+    substitutions: list[str] = []
     mounts = _mounts(container, volume_dirs(pod, layout))
     command = list(container.get("command") or [SERVER_COMMAND])
     argv = [*command, *(container.get("args") or [])]
@@ -219,16 +214,14 @@ def plan_container(
     env.update(declared)
     if "OMP_NUM_THREADS" not in declared:
         env["OMP_NUM_THREADS"] = "1"
-        plan.substitutions.append("OMP_NUM_THREADS=1 (pods share the machine's cores)")
+        substitutions.append("OMP_NUM_THREADS=1 (pods share the machine's cores)")
     for mount_path, host in mounts:
-        plan.substitutions.append(f"{mount_path} -> {host}")
+        substitutions.append(f"{mount_path} -> {host}")
 
     embedded = _embedded_download(argv)
     if embedded is not None:
         repo, local_dir = embedded
-        plan.substitutions.append(
-            f"hf download {repo}: linked from the {EMBEDDED_REPOS[repo]} wheel"
-        )
+        substitutions.append(f"hf download {repo}: linked from the {EMBEDDED_REPOS[repo]} wheel")
         argv = [
             str(layout.bin_dir / "python"),
             "-m",
@@ -246,18 +239,18 @@ def plan_container(
         for index, arg in enumerate(argv):
             if arg.startswith("--device=cuda") or arg == "--device=auto":
                 argv[index] = "--device=cpu"
-                plan.substitutions.append(f"{arg} -> --device=cpu (simulated GPUs)")
+                substitutions.append(f"{arg} -> --device=cpu (simulated GPUs)")
         if not pod_ip:
             raise PodConfigError("the pod has no IP yet")
         argv.append(f"--host={pod_ip}")
-        plan.substitutions.append(f"--host={pod_ip} (the pod's address)")
+        substitutions.append(f"--host={pod_ip} (the pod's address)")
 
     return ProcessPlan(
         container=container["name"],
         argv=tuple(argv),
         env=env,
         cwd=layout.pod_dir / "home",
-        substitutions=tuple(plan.substitutions),
+        substitutions=tuple(substitutions),
     )
 
 
