@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -136,3 +137,18 @@ def wait_answer(url: str, timeout: float = 60) -> None:
             return False
 
     wait_for(answers, timeout=timeout, interval=0.5, what=f"an answer from {url}")
+
+
+def describe_failure(error: Exception, started: float) -> str:
+    """One failed request for an assertion message: when (s into the load), status, and body."""
+    response = getattr(error, "response", None)
+    body = response.text[:160] if response is not None else ""
+    return f"t+{time.monotonic() - started:.1f}s {error!r} {body}".rstrip()
+
+
+def events(plane: DataPlane, namespace: str) -> str:
+    """The namespace's events, oldest first, as `kubectl get events` prints them."""
+    result = plane.kubectl(
+        "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
+    )
+    return str(result.stdout)

@@ -220,6 +220,10 @@ class Container:
         state = ProbeState(self.readiness)
         while True:  # the first readiness probe runs as soon as the container has started
             ok, error = await check(self.readiness, self.pod.ip, self.pod.kubelet.http)
+            if not ok:  # the kubelet records every failed readiness probe, not only transitions
+                await self.pod.kubelet.post_event(
+                    self.pod, "Warning", "Unhealthy", f"Readiness probe failed: {error}"
+                )
             if state.record(ok, error):
                 self.ready = state.healthy
                 self.pod.publish()
@@ -232,6 +236,10 @@ class Container:
             await asyncio.sleep(probe.period_s)
             ok, error = await check(probe, self.pod.ip, self.pod.kubelet.http)
             state.record(ok, error)
+            if not ok and not state.failed:
+                await self.pod.kubelet.post_event(
+                    self.pod, "Warning", "Unhealthy", f"Liveness probe failed: {error}"
+                )
             if state.failed:
                 await self.kill(process, "Error", f"Liveness probe failed: {state.last_error}")
                 return

@@ -17,6 +17,8 @@ from openai import OpenAI
 from dataplanesupport import (
     DataPlane,
     apply,
+    describe_failure,
+    events,
     http_route,
     model_deployment,
     pods,
@@ -133,6 +135,7 @@ def test_hpa_scales_up_under_load_and_down_without_a_failed_request(
     stop = threading.Event()
     failures: list[str] = []
     done = [0]
+    started = time.monotonic()
 
     def worker() -> None:
         deadline = time.monotonic() + LOAD_SECONDS_MAX
@@ -141,7 +144,7 @@ def test_hpa_scales_up_under_load_and_down_without_a_failed_request(
                 client.completions.create(model="tiny", prompt="Hello", max_tokens=96)
                 done[0] += 1
             except Exception as error:
-                failures.append(repr(error))
+                failures.append(describe_failure(error, started))
 
     workers = [threading.Thread(target=worker) for _ in range(LOAD_WORKERS)]
     for thread in workers:
@@ -167,7 +170,10 @@ def test_hpa_scales_up_under_load_and_down_without_a_failed_request(
         stop.set()
         for thread in workers:
             thread.join(timeout=90)
-    assert not failures, f"{len(failures)} failed requests under load: {failures[:3]}"
+    assert not failures, (
+        f"{len(failures)} failed requests under load: first {failures[:3]}, last {failures[-1]}"
+        f"\nevents:\n{events(dataplane, dp_namespace)}"
+    )
     hpa = dataplane.get("-n", dp_namespace, "hpa", "tiny")
     assert hpa["status"]["desiredReplicas"] >= 2
 
@@ -175,17 +181,21 @@ def test_hpa_scales_up_under_load_and_down_without_a_failed_request(
     # fail (terminating pods leave the EndpointSlice, preStop waits, then the server drains).
     trickle_failures: list[str] = []
     trickled = 0
+    started = time.monotonic()
     deadline = time.monotonic() + TRICKLE_SECONDS_MAX
     while time.monotonic() < deadline:
         try:
             client.completions.create(model="tiny", prompt="Hi", max_tokens=4)
             trickled += 1
         except Exception as error:
-            trickle_failures.append(repr(error))
+            trickle_failures.append(describe_failure(error, started))
         if len(pods(dataplane, dp_namespace, "tiny")) == 1:
             break
         time.sleep(0.3)
     else:
         pytest.fail(f"did not scale down in {TRICKLE_SECONDS_MAX}s")
-    assert not trickle_failures, f"failed during scale-down: {trickle_failures[:3]}"
+    assert not trickle_failures, (
+        f"{len(trickle_failures)} failed during scale-down: {trickle_failures[:3]}"
+        f"\nevents:\n{events(dataplane, dp_namespace)}"
+    )
     assert trickled > 10
