@@ -9,6 +9,7 @@ whether scaling works. This module turns them into the conditions and replica co
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,18 +316,66 @@ def _autoscaler_condition(suspended: bool, wanted: bool, hpa: Object | None) -> 
     for condition_type in ("AbleToScale", "ScalingActive"):
         item = by_type.get(condition_type)
         if item is not None and item.get("status") == "False":
-            return Condition(
-                AUTOSCALER_READY,
-                "False",
+            message = item.get("message", "")
+            reason, words = missing_metric(message) or (
                 item.get("reason") or condition_type,
-                item.get("message", ""),
+                message,
             )
+            return Condition(AUTOSCALER_READY, "False", reason, words)
     active = by_type.get("ScalingActive")
     if active is None:
         return Condition(AUTOSCALER_READY, "Unknown", "Pending", "the HPA has not reported yet")
     return Condition(
         AUTOSCALER_READY, "True", active.get("reason") or "ScalingActive", active.get("message", "")
     )
+
+
+METRICS_API_MISSING = "MetricsAPIMissing"
+METRICS_API_UNAVAILABLE = "MetricsAPIUnavailable"
+METRIC_MISSING = "MetricMissing"
+_NO_SERIES = (
+    "Prometheus returned no series for {metric} on this ModelDeployment's pods: is the server "
+    "scraped (MonitoringReady) and does the adapter have a rule for it?"
+)
+_METRIC_NAME = re.compile(r"unable to get metric (\S+?):")
+# What the HPA controller (and the adapter behind it) write when the metric cannot be read, and
+# what that means for a user: (substring of the HPA's message, reason, words).
+_METRIC_FAILURES = (
+    (
+        "no custom metrics API (custom.metrics.k8s.io) registered",
+        METRICS_API_MISSING,
+        "no adapter serves custom.metrics.k8s.io: install a metrics adapter (e.g. "
+        "prometheus-adapter) with the rules in docs/dataplane.md",
+    ),
+    (
+        "the server is currently unable to handle the request",
+        METRICS_API_UNAVAILABLE,
+        "the adapter behind custom.metrics.k8s.io does not answer",
+    ),
+    (
+        "could not find the metric",
+        METRIC_MISSING,
+        _NO_SERIES,
+    ),
+    (
+        "no metrics returned from custom metrics API",
+        METRIC_MISSING,
+        _NO_SERIES,
+    ),
+)
+
+
+def missing_metric(hpa_message: str) -> tuple[str, str] | None:
+    """(reason, words) when the HPA cannot read its metric for a known cause, else None.
+
+    The HPA's own message follows the words, so nothing it said is lost.
+    """
+    for needle, reason, words in _METRIC_FAILURES:
+        if needle in hpa_message:
+            found = _METRIC_NAME.search(hpa_message)
+            metric = found.group(1) if found else "the metric"
+            return reason, f"{words.format(metric=metric)} (HPA: {hpa_message})"
+    return None
 
 
 def _monitoring_condition(wanted: bool, skipped: bool) -> Condition:

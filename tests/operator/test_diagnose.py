@@ -225,6 +225,64 @@ def test_autoscaler_and_monitoring_conditions() -> None:
     assert conditions["Ready"] == ("True", "Serving")
 
 
+HPA_PREFIX = (
+    "the HPA was unable to compute the replica count: unable to get metric "
+    "modelplane_queue_depth: unable to fetch metrics from custom metrics API: "
+)
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason", "words"),
+    [
+        (
+            "no custom metrics API (custom.metrics.k8s.io) registered",
+            "MetricsAPIMissing",
+            "no adapter serves custom.metrics.k8s.io",
+        ),
+        (
+            "the server could not find the metric modelplane_queue_depth for pods",
+            "MetricMissing",
+            "Prometheus returned no series for modelplane_queue_depth",
+        ),
+        (
+            "the server is currently unable to handle the request "
+            "(get pods.custom.metrics.k8s.io *)",
+            "MetricsAPIUnavailable",
+            "the adapter behind custom.metrics.k8s.io does not answer",
+        ),
+    ],
+)
+def test_a_missing_metric_is_said_in_words_with_the_hpas_message(
+    cause: str, reason: str, words: str
+) -> None:
+    hpa = {
+        "status": {
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetPodsMetric",
+                    "message": HPA_PREFIX + cause,
+                },
+            ]
+        }
+    }
+    observed = observe(
+        deployment=deployment(1, 1),
+        pods=[],
+        suspended=False,
+        autoscaling_wanted=True,
+        hpa=hpa,
+        monitoring_wanted=False,
+        monitoring_skipped=False,
+    )
+    (condition,) = [c for c in observed.conditions if c.type == "AutoscalerReady"]
+    assert (condition.status, condition.reason) == ("False", reason)
+    assert condition.message.startswith(words)
+    assert condition.message.endswith(f"(HPA: {HPA_PREFIX}{cause})")
+
+
 @pytest.mark.parametrize(
     ("hpa_status", "deployment_replicas", "desired"),
     [

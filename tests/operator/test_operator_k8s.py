@@ -287,10 +287,12 @@ async def test_second_reconcile_of_an_unchanged_resource_writes_nothing(
             for kind in kinds
         }
 
-    # The HPA (synced every 5 s) settles on "no custom metrics API"; then nothing should move.
-    wait_condition(
-        cluster, namespace, "qwen-chat", "AutoscalerReady", "False", reason="FailedGetPodsMetric"
+    # The HPA (synced every 5 s) settles on "no custom metrics API"; status says so in words
+    # (this cluster has no adapter), then nothing should move.
+    autoscaler = wait_condition(
+        cluster, namespace, "qwen-chat", "AutoscalerReady", "False", reason="MetricsAPIMissing"
     )
+    assert autoscaler["message"].startswith("no adapter serves custom.metrics.k8s.io")
     samples: list[dict[str, str]] = []
 
     def stable() -> bool:
