@@ -34,8 +34,9 @@ from modelplane_operator.models import (
 Schema = dict[str, Any]
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
-# Keys of pydantic's JSON schema that mean nothing to (or are refused by) the apiserver.
-_DROPPED_KEYS = ("title", "additionalProperties", "$defs")
+# Keys of pydantic's JSON schema that mean nothing to (or are refused by) the apiserver; map keys
+# (`propertyNames`) are checked by CEL instead (`object_names.keys_rule`).
+_DROPPED_KEYS = ("title", "additionalProperties", "$defs", "propertyNames")
 
 
 def _inline(schema: Any, definitions: dict[str, Schema]) -> Any:
@@ -71,6 +72,11 @@ def _without_null(schema: Schema) -> Schema:
 def _structural(schema: Schema) -> Schema:
     """Rewrite one inlined pydantic schema node (and its children) into structural form."""
     schema = _without_null(dict(schema))
+    if "patternProperties" in schema:
+        # A map whose keys have a pattern: a structural schema has no place for it, so the values'
+        # schema becomes `additionalProperties` and CEL checks the keys (`object_names.keys_rule`).
+        (values,) = schema.pop("patternProperties").values()
+        schema["additionalProperties"] = values
     if schema.get("default", 0) is None:
         del schema["default"]
     if "exclusiveMinimum" in schema:

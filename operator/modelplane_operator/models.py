@@ -15,10 +15,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from modelplane_operator.object_names import (
+    ConfigKey,
+    LabelValue,
+    NamespaceName,
+    ObjectName,
+    QualifiedName,
+    keys_rule,
+)
+from modelplane_operator.server_contract import OWNED_FLAGS, flag_spellings
 
 GROUP = "modelplane.io"
 VERSION = "v1alpha1"
@@ -55,6 +65,12 @@ REPLICAS_AUTOSCALING_MESSAGE = (
     "spec.replicas and spec.autoscaling cannot both be set: the autoscaler owns the replica count "
     "(use kubectl scale only without autoscaling)"
 )
+
+
+def _owned_flag_message(flag: str) -> str:
+    return (
+        f"spec.server.extraArgs cannot set {flag}, which the operator renders: {OWNED_FLAGS[flag]}"
+    )
 
 
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -175,9 +191,8 @@ class ModelSource(ApiModel):
             "operator assumes 16 GiB (1 GiB for the embedded model) and says so in status.resolved."
         ),
     )
-    hf_token_secret: str | None = Field(
+    hf_token_secret: ObjectName | None = Field(
         default=None,
-        max_length=253,
         description="Name of a Secret in the same namespace whose key `token` is used as HF_TOKEN.",
     )
 
@@ -209,8 +224,8 @@ class EnvVarSource(ApiModel):
 class KeyRef(ApiModel):
     """A key in a Secret or ConfigMap of the same namespace."""
 
-    name: str = Field(max_length=253, description="Name of the Secret or ConfigMap.")
-    key: str = Field(max_length=253, description="Key inside it.")
+    name: ObjectName = Field(description="Name of the Secret or ConfigMap.")
+    key: ConfigKey = Field(description="Key inside it.")
     optional: bool | None = Field(default=None, description="Start the pod even if it is missing.")
 
 
@@ -272,16 +287,33 @@ class ServerConfig(ApiModel):
             "count."
         ),
     )
-    extra_args: list[str] = Field(
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=list,
         max_length=64,
         description=(
-            "Extra server flags, appended after the ones the operator renders (so they win)."
+            "Extra server flags, appended after the ones the operator renders. Flags the operator "
+            "renders itself (--model, --max-batch-size, ...) are refused in any spelling: set the "
+            "spec field the message names instead."
+        ),
+        json_schema_extra=_rules(
+            *(
+                (f"self.all(a, !a.matches('{flag_spellings(flag)}'))", _owned_flag_message(flag))
+                for flag in OWNED_FLAGS
+            )
         ),
     )
     env: list[EnvVar] = Field(
         default_factory=list, max_length=64, description="Extra environment variables."
     )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, extra_args: list[str]) -> list[str]:
+        for argument in extra_args:
+            for flag in OWNED_FLAGS:
+                if re.match(flag_spellings(flag), argument):
+                    raise ValueError(_owned_flag_message(flag))
+        return extra_args
 
 
 class Accelerator(ApiModel):
@@ -448,7 +480,7 @@ class NetworkPolicyConfig(ApiModel):
     """An opt-in NetworkPolicy that admits traffic to the server port only from chosen peers."""
 
     enabled: bool = Field(default=False, description="Create the NetworkPolicy.")
-    allowed_namespaces: list[str] = Field(
+    allowed_namespaces: list[NamespaceName] = Field(
         default_factory=list,
         max_length=64,
         description=(
@@ -473,13 +505,13 @@ class DisruptionBudget(ApiModel):
 class Toleration(ApiModel):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(
-        default=None, max_length=316, description="Taint key; empty matches all keys."
+    key: QualifiedName | None = Field(
+        default=None, description="Taint key; empty matches all keys."
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal."
     )
-    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    value: LabelValue | None = Field(default=None, description="Taint value for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect; empty matches all effects."
     )
@@ -491,13 +523,23 @@ class Toleration(ApiModel):
 class PodTemplate(ApiModel):
     """The escape hatch: pod-level settings merged into what the operator renders."""
 
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra pod labels (the operator's own labels win)."
-    )
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    node_selector: dict[str, str] = Field(
+    labels: dict[QualifiedName, LabelValue] = Field(
         default_factory=dict,
+        max_length=64,
+        description="Extra pod labels (the operator's own labels win).",
+        json_schema_extra=keys_rule("spec.podTemplate.labels"),
+    )
+    annotations: dict[QualifiedName, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra pod annotations.",
+        json_schema_extra=keys_rule("spec.podTemplate.annotations"),
+    )
+    node_selector: dict[QualifiedName, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
         description="Extra node selector terms, merged with the GPU product selector.",
+        json_schema_extra=keys_rule("spec.podTemplate.nodeSelector"),
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
@@ -512,11 +554,11 @@ class PodTemplate(ApiModel):
         ),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(
-        default=None, max_length=253, description="PriorityClass of the pods."
+    priority_class_name: ObjectName | None = Field(
+        default=None, description="PriorityClass of the pods."
     )
-    service_account_name: str | None = Field(
-        default=None, max_length=253, description="ServiceAccount the pods run as."
+    service_account_name: ObjectName | None = Field(
+        default=None, description="ServiceAccount the pods run as."
     )
 
 

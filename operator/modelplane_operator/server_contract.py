@@ -43,6 +43,33 @@ FLAG_DRAIN_TIMEOUT_S = "--drain-timeout-s"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+# The flags the operator renders and relies on, and where the spec sets each instead: an extra arg
+# that repeated one would win (it comes last) and break the pod silently, so the CRD refuses it.
+OWNED_FLAGS = {
+    FLAG_PORT: "the port is fixed by the server contract (spec.service.port sets the Service's)",
+    FLAG_MODEL: "use spec.model.uri",
+    FLAG_GGUF_FILE: "use spec.model.ggufFile",
+    FLAG_SERVED_MODEL_NAME: "use spec.model.servedModelName",
+    FLAG_DTYPE: "use spec.model.dtype",
+    FLAG_DEVICE: "use spec.accelerator.count",
+    FLAG_MAX_BATCH_SIZE: "use spec.server.maxBatchSize",
+    FLAG_MAX_BATCH_TOKENS: "use spec.server.maxBatchTokens",
+    FLAG_MAX_WAIT_MS: "use spec.server.maxWaitMs",
+    FLAG_MAX_QUEUE: "use spec.server.maxQueue",
+    FLAG_DRAIN_TIMEOUT_S: "use spec.server.drainTimeoutSeconds",
+}
+
+
+def flag_spellings(flag: str) -> str:
+    """A regular expression (RE2 and Python alike) for every argument that sets `flag` in the
+    server's parser: argparse takes the flag or any unambiguous prefix of it (`--max-batch-s`),
+    alone (the value follows) or with `=value`. An ambiguous prefix is an error there, so
+    refusing it here too loses nothing."""
+    nested = ""
+    for char in reversed(flag[3:]):
+        nested = f"({char}{nested})?"
+    return f"^{flag[:3]}{nested}(=|$)"
+
 
 @dataclass(frozen=True)
 class ServerArgs:

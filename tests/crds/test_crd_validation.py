@@ -55,6 +55,13 @@ def test_invalid_resources_are_refused_naming_the_field(
     assert field in output, output
 
 
+def test_names_the_apiserver_takes_are_taken(cluster: Cluster, namespace: str) -> None:
+    """The name rules are no stricter than Kubernetes': real-world names pass."""
+    spec = {**CASES["valid"], **CASES["names_taken"]}
+    code, output = server_dry_run(cluster, namespace, manifest(spec))
+    assert code == 0, output
+
+
 def test_unknown_fields_are_refused(cluster: Cluster, namespace: str) -> None:
     body = yaml.safe_load(manifest(CASES["valid"]))
     body["spec"]["gpus"] = 2

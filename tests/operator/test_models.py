@@ -42,6 +42,10 @@ def test_invalid_specs_are_refused(case: str, patch: dict[str, Any], field: str)
     assert leaf in location_or_message, (case, location_or_message)
 
 
+def test_names_the_apiserver_takes_are_taken() -> None:
+    ModelDeploymentSpec.model_validate(spec_with(CASES["names_taken"]))
+
+
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(ValidationError, match="extra"):
         ModelDeploymentSpec.model_validate({**VALID_SPEC, "gpus": 2})

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from modelplane_operator import server_contract
+from modelplane_server.cli import build_parser
 
 CONTRACT = (Path(__file__).resolve().parents[2] / "docs" / "server-contract.md").read_text()
 
@@ -34,14 +35,54 @@ def test_every_rendered_flag_is_documented() -> None:
     assert rendered <= documented_flags(), rendered - documented_flags()
 
 
-def test_extra_args_come_last_so_they_win() -> None:
+def test_extra_args_come_last() -> None:
     args = server_contract.container_args(
         server_contract.ServerArgs(
-            model="/m", served_model_name="m", extra_args=("--max-batch-size=1",)
+            model="/m", served_model_name="m", extra_args=("--request-timeout-s=300",)
         )
     )
-    assert args[-1] == "--max-batch-size=1"
-    assert "--max-batch-size=32" in args
+    assert args[-1] == "--request-timeout-s=300"
+
+
+def test_every_flag_the_operator_renders_is_owned() -> None:
+    args = server_contract.container_args(
+        server_contract.ServerArgs(model="/models/m", served_model_name="m", gguf_file="m.gguf")
+    )
+    assert {arg.split("=", 1)[0] for arg in args} == set(server_contract.OWNED_FLAGS)
+
+
+def test_every_spelling_the_servers_parser_takes_for_an_owned_flag_is_refused() -> None:
+    """Both sides: each argument the server's argparse reads as an owned flag (exact, `=value`,
+    or a prefix) matches that flag's pattern, and no other server flag is refused."""
+    parser = build_parser()
+    owned_dests = {
+        action.dest: option
+        for action in parser._actions  # argparse has no public list of its options
+        for option in action.option_strings
+        if option in server_contract.OWNED_FLAGS
+    }
+    patterns = {flag: server_contract.flag_spellings(flag) for flag in server_contract.OWNED_FLAGS}
+    for flag in server_contract.OWNED_FLAGS:
+        for end in range(3, len(flag) + 1):
+            spelling = f"{flag[:end]}=1"
+            try:
+                parsed = vars(parser.parse_args([spelling]))
+            except SystemExit:  # ambiguous prefix: the pod would crash; refusing it is right
+                parsed = {}
+            for dest in parsed:
+                if dest in owned_dests:
+                    assert re.match(patterns[owned_dests[dest]], spelling), spelling
+            assert re.match(patterns[flag], spelling), spelling
+            assert re.match(patterns[flag], flag[:end]), flag[:end]
+    others = {
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option not in server_contract.OWNED_FLAGS
+    }
+    for option in others:
+        refused = [flag for flag, pattern in patterns.items() if re.match(pattern, f"{option}=1")]
+        assert not refused, (option, refused)
 
 
 def test_grace_period_outlasts_pre_stop_and_drain() -> None:
