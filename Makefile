@@ -22,5 +22,5 @@ cluster-down:
 verify:
 	bash hack/verify-all.sh
 
-update:  ## regenerate generated files (CRDs, ...)
-	for s in hack/update-*.sh; do bash "$$s"; done
+update:  ## regenerate generated files (CRDs, ...), in dependency order
+	bash hack/update-all.sh
