@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -20,6 +20,9 @@ from pydantic import ValidationError
 from modelplane_operator import crd
 from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
 from modelplane_operator.render import Owner, RenderOptions, render
+
+if TYPE_CHECKING:  # the settings import kopf: only `run` needs it at run time
+    from modelplane_operator.settings import OperatorSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="watch only this namespace or glob (repeat for more); default: the whole cluster",
     )
-    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.add_argument(
+        "--verbose", action="store_true", help="debug logging (else MODELPLANE_OPERATOR_LOG_LEVEL)"
+    )
     show = commands.add_parser("render", help="print the children of a ModelDeployment as YAML")
     show.add_argument("-f", "--filename", required=True, type=Path, help="ModelDeployment YAML")
     show.add_argument(
@@ -70,16 +75,24 @@ def render_file(path: Path, prometheus_operator: bool, namespace: str | None = N
     return yaml.safe_dump_all(documents, sort_keys=False, width=100)
 
 
-def _run(namespaces: list[str] | None, verbose: bool) -> None:
-    from modelplane_operator import handlers, metrics
+def run_settings(namespaces: list[str] | None, verbose: bool) -> OperatorSettings:
+    """The environment's settings (MODELPLANE_OPERATOR_*), overridden by `run`'s flags."""
     from modelplane_operator.settings import OperatorSettings
 
+    overrides: dict[str, Any] = {"namespaces": namespaces} if namespaces else {}
+    if verbose:
+        overrides["log_level"] = "debug"
+    return OperatorSettings(**overrides)
+
+
+def _run(namespaces: list[str] | None, verbose: bool) -> None:
+    from modelplane_operator import handlers, metrics
+
+    settings = run_settings(namespaces, verbose)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    overrides: dict[str, Any] = {"namespaces": namespaces} if namespaces else {}
-    settings = OperatorSettings(**overrides)
     metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     context = handlers.OperatorContext(settings=settings)

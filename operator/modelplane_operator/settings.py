@@ -8,7 +8,7 @@ the ModelDeployment API) so that nothing kopf might write lands under `kopf.zala
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 from pydantic import Field
@@ -50,6 +50,9 @@ class OperatorSettings(BaseSettings):
     )
     watch_backoff_seconds: float = Field(
         default=1.0, gt=0, description="Pause before kopf re-opens a failed watch."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the operator (`run --verbose` means debug)."
     )
 
 

@@ -101,6 +101,26 @@ def test_pod_security_is_restricted_by_default(helm: Path) -> None:
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+def test_log_level_and_health_port_come_from_values(helm: Path) -> None:
+    result = run_helm(
+        helm, "template", "t", str(CHART),
+        "--set", "operator.logLevel=warning", "--set", "health.port=9091",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["MODELPLANE_OPERATOR_LOG_LEVEL"] == "warning"
+    assert env["MODELPLANE_OPERATOR_HEALTH_PORT"] == "9091"
+    assert {"name": "health", "containerPort": 9091} in container["ports"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    bad = run_helm(helm, "template", "t", str(CHART), "--set", "operator.logLevel=verbose")
+    assert bad.returncode != 0
+    assert "operator.logLevel" in bad.stderr or "/operator/logLevel" in bad.stderr
+
+
 def adopt_kept_crd(cluster: Cluster, release: str, namespace: str) -> None:
     """What charts/modelplane/README.md tells users to do before re-installing over a kept CRD."""
     crd = "crd/modeldeployments.modelplane.io"

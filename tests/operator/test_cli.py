@@ -1,4 +1,4 @@
-"""`modelplane-operator render` and `crd` work without a cluster."""
+"""`modelplane-operator render` and `crd` work without a cluster; `run` reads its settings."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from modelplane_operator import cli
 
@@ -45,3 +46,14 @@ def test_render_refuses_an_invalid_spec(tmp_path: Path, capsys: pytest.CaptureFi
 def test_crd_command_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["crd"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["kind"] == "CustomResourceDefinition"
+
+
+def test_run_takes_the_log_level_from_the_environment_and_verbose_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELPLANE_OPERATOR_LOG_LEVEL", "warning")
+    assert cli.run_settings(None, verbose=False).log_level == "warning"
+    assert cli.run_settings(None, verbose=True).log_level == "debug"
+    monkeypatch.setenv("MODELPLANE_OPERATOR_LOG_LEVEL", "verbose")
+    with pytest.raises(ValidationError, match="log_level"):
+        cli.run_settings(None, verbose=False)
