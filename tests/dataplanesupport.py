@@ -4,7 +4,6 @@ the tests apply, and polling on what the real processes report."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
 import urllib.request
@@ -12,15 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testsupport import Cluster, wait_for
+from openai import OpenAI
 
-
-def tool_cache() -> Path:
-    """Where hack/lib.sh caches built tools: MODELPLANE_CACHE, else $XDG_CACHE_HOME/modelplane."""
-    cache = os.environ.get("MODELPLANE_CACHE")
-    if cache:
-        return Path(cache)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"
+from testsupport import Cluster, tool_cache, wait_for
 
 
 def dataplane_binary(name: str) -> Path | None:
@@ -70,8 +63,20 @@ def apply(plane: DataPlane, namespace: str, *objects: dict[str, Any]) -> None:
     plane.kubectl("apply", "-n", namespace, "--server-side", "-f", "-", input=document)
 
 
-def http_route(name: str, service: str, port: int = 80) -> dict[str, Any]:
-    """An HTTPRoute from the local cluster's Gateway to a ModelDeployment's Service."""
+def route_host(namespace: str) -> str:
+    """The hostname of a test namespace's HTTPRoutes (`.test` is reserved for testing).
+
+    Every test routes by its own hostname. Routes without one all match every request on the
+    shared listener with the same priority, and Traefik then picks one of them arbitrarily at each
+    configuration rebuild; a deleted namespace keeps its routes until its pods have drained
+    (ordered namespace deletion), so the previous test's route, with no ready endpoint left, took
+    the next test's traffic: thousands of 503s, now and then.
+    """
+    return f"{namespace}.modelplane.test"
+
+
+def http_route(name: str, service: str, host: str, port: int = 80) -> dict[str, Any]:
+    """An HTTPRoute from the local cluster's Gateway to a ModelDeployment's Service, for `host`."""
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -84,9 +89,21 @@ def http_route(name: str, service: str, port: int = 80) -> dict[str, Any]:
                     "sectionName": "web",
                 }
             ],
+            "hostnames": [host],
             "rules": [{"backendRefs": [{"name": service, "port": port}]}],
         },
     }
+
+
+def gateway_client(plane: DataPlane, host: str, timeout: float) -> OpenAI:
+    """The official OpenAI client, through the Gateway, for the routes of `host`."""
+    return OpenAI(
+        base_url=f"{plane.gateway}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=timeout,
+        default_headers={"Host": host},
+    )
 
 
 def ready_condition(plane: DataPlane, namespace: str, name: str) -> dict[str, Any] | None:
@@ -126,12 +143,14 @@ def pods(plane: DataPlane, namespace: str, instance: str) -> list[dict[str, Any]
     return list(items["items"])
 
 
-def wait_answer(url: str, timeout: float = 60) -> None:
-    """Until the gateway routes to a server: Programmed comes a moment before routes are live."""
+def wait_answer(url: str, host: str, timeout: float = 60) -> None:
+    """Until the gateway routes `host` to a server: Programmed comes a moment before routes are
+    live."""
+    request = urllib.request.Request(url, headers={"Host": host})  # noqa: S310 - http:// only
 
     def answers() -> bool:
         try:
-            with DIRECT.open(url, timeout=5) as response:
+            with DIRECT.open(request, timeout=5) as response:
                 return bool(response.status == 200)
         except OSError:
             return False

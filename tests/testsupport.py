@@ -110,3 +110,11 @@ def operator_thread(kubeconfig: Path, namespaces: list[str]) -> Iterator[Any]:
             os.environ["KUBECONFIG"] = previous
     assert not thread.is_alive(), "the operator did not stop within 30 s of its stop flag"
     assert not failure, f"the operator crashed: {failure}"
+
+
+def tool_cache() -> Path:
+    """Where hack/lib.sh caches built tools: MODELPLANE_CACHE, else $XDG_CACHE_HOME/modelplane."""
+    cache = os.environ.get("MODELPLANE_CACHE")
+    if cache:
+        return Path(cache)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"

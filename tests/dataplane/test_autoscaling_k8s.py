@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai import OpenAI
 
 from dataplanesupport import (
     DataPlane,
     apply,
     describe_failure,
     events,
+    gateway_client,
     http_route,
     model_deployment,
     pods,
+    route_host,
     wait_answer,
     wait_ready,
 )
@@ -125,12 +126,11 @@ def test_hpa_scales_up_under_load_and_down_without_a_failed_request(
                 **target,
             },
         ),
-        http_route("tiny", "tiny"),
+        http_route("tiny", "tiny", route_host(dp_namespace)),
     )
     wait_ready(dataplane, dp_namespace, "tiny")
-    base_url = f"{dataplane.gateway}/v1"
-    wait_answer(f"{base_url}/models")
-    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+    wait_answer(f"{dataplane.gateway}/v1/models", route_host(dp_namespace))
+    client = gateway_client(dataplane, route_host(dp_namespace), timeout=60)
 
     stop = threading.Event()
     failures: list[str] = []

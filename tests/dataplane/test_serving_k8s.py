@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai import OpenAI
 
 from dataplanesupport import (
     DIRECT,
     DataPlane,
     apply,
+    gateway_client,
     http_route,
     model_deployment,
     pods,
     ready_condition,
+    route_host,
     wait_answer,
     wait_ready,
 )
@@ -50,7 +51,7 @@ def test_embedded_model_is_ready_only_after_its_startup_probe_and_answers_throug
         dataplane,
         dp_namespace,
         model_deployment("smollm2", "hf://HuggingFaceTB/SmolLM2-135M-Instruct"),
-        http_route("smollm2", "smollm2"),
+        http_route("smollm2", "smollm2", route_host(dp_namespace)),
     )
     # While the real server loads, the pod runs with an address, its startup probe fails, and the
     # ModelDeployment is not Ready; Ready never comes before the server's own startup says 200.
@@ -75,9 +76,8 @@ def test_embedded_model_is_ready_only_after_its_startup_probe_and_answers_throug
     assert status["ready"] is True
     assert status["containerID"].startswith("local://")
 
-    base_url = f"{dataplane.gateway}/v1"
-    wait_answer(f"{base_url}/models")
-    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    wait_answer(f"{dataplane.gateway}/v1/models", route_host(dp_namespace))
+    client = gateway_client(dataplane, route_host(dp_namespace), timeout=120)
     answer = client.chat.completions.create(
         model="smollm2",
         messages=[{"role": "user", "content": "What is the capital of France?"}],

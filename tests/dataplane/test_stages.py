@@ -7,7 +7,7 @@ import yaml
 from dataplane.podspec import SERVER_IMAGE_JQ
 from dataplane.stages import ADDRESS_STAGE, with_local_kubelet
 
-from dataplanesupport import tool_cache
+from testsupport import tool_cache
 
 DEFAULTS = """---
 apiVersion: kwok.x-k8s.io/v1alpha1
