@@ -4,6 +4,7 @@
 #   hack/build-tools.sh [all|etcd|kube|kwok|helm]   the control plane; prints its bin dir
 #   hack/build-tools.sh dataplane                   Traefik, Prometheus + promtool, prometheus-adapter
 #                                                   and the Gateway API CRDs; prints their bin dir
+#   hack/build-tools.sh argocd                      argocd-lua-health (Argo CD's Lua, for tests)
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
@@ -11,6 +12,7 @@ source hack/lib.sh
 command -v go >/dev/null || die "Go is required to build the control plane (https://go.dev/dl)"
 what="${1:-all}"
 [ "$what" = dataplane ] && TOOLS_BIN="$DATAPLANE_BIN"
+[ "$what" = argocd ] && TOOLS_BIN="$ARGOCD_LUA_BIN"
 mkdir -p "$TOOLS_BIN"
 
 # Build into a temp dir and move into place, so an interrupted build never leaves a half binary
@@ -129,10 +131,18 @@ gateway_api_crds() {
   mv -f "$TOOLS_BIN/gateway-api-crds.yaml.tmp" "$TOOLS_BIN/gateway-api-crds.yaml"
 }
 
+# argocd-lua-health: runs the chart's Argo CD health script with gopher-lua, as Argo CD does.
+build_argocd_lua() {
+  (cd hack/tools/argocd-lua && build argocd-lua-health go_build -trimpath -ldflags "-s -w" .)
+  [ -x "$TOOLS_BIN/argocd-lua" ] && mv -f "$TOOLS_BIN/argocd-lua" "$TOOLS_BIN/argocd-lua-health"
+  return 0
+}
+
 case "$what" in
   all) build_etcd; build_kwok; build_helm; build_kube ;;
   etcd|kwok|helm|kube) "build_$what" ;;
   dataplane) gateway_api_crds; build_prometheus; build_prometheus_adapter; build_traefik ;;
-  *) die "usage: $0 [all|etcd|kube|kwok|helm|dataplane]" ;;
+  argocd) build_argocd_lua ;;
+  *) die "usage: $0 [all|etcd|kube|kwok|helm|dataplane|argocd]" ;;
 esac
 echo "$TOOLS_BIN"

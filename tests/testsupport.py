@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -112,9 +114,35 @@ def operator_thread(kubeconfig: Path, namespaces: list[str]) -> Iterator[Any]:
     assert not failure, f"the operator crashed: {failure}"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def tool_cache() -> Path:
     """Where hack/lib.sh caches built tools: MODELPLANE_CACHE, else $XDG_CACHE_HOME/modelplane."""
     cache = os.environ.get("MODELPLANE_CACHE")
     if cache:
         return Path(cache)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"
+
+
+ARGOCD_HEALTH_LUA = ROOT / "charts" / "modelplane" / "argocd" / "health.lua"
+
+
+def argocd_health(*objects: dict[str, Any]) -> list[dict[str, str]]:
+    """What Argo CD's health check says of each object: the chart's Lua script, run by
+    gopher-lua as Argo CD runs it (`hack/build-tools.sh argocd` builds the runner)."""
+    source = ROOT / "hack" / "tools" / "argocd-lua" / "main.go"
+    key = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    found = sorted(tool_cache().glob(f"bin/argocd-lua-*-{key}_*/argocd-lua-health"))
+    assert found, "argocd-lua-health is not built: run hack/build-tools.sh argocd"
+    result = subprocess.run(
+        [str(found[-1]), str(ARGOCD_HEALTH_LUA)],
+        input="".join(json.dumps(obj) + "\n" for obj in objects),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all("error" not in answer for answer in answers), answers
+    return answers

@@ -27,7 +27,7 @@ from dataplanesupport import (
     wait_ready,
 )
 
-from testsupport import wait_for
+from testsupport import argocd_health, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.dataplane]
 
@@ -159,15 +159,15 @@ def test_a_missing_model_path_is_a_real_crash_loop_with_its_exit_code(
     apply(dataplane, dp_namespace, model_deployment("broken", f"file://{missing}"))
 
     def crash_looping() -> dict[str, Any] | None:
-        condition = ready_condition(dataplane, dp_namespace, "broken")
-        if condition and condition.get("reason") == "CrashLoopBackOff":
-            return condition
-        return None
+        obj = dataplane.get("-n", dp_namespace, "modeldeployment", "broken")
+        ready = [c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
+        return obj if ready and ready[0].get("reason") == "CrashLoopBackOff" else None
 
-    condition = wait_for(
-        crash_looping, timeout=180, interval=1, what="Ready=False CrashLoopBackOff"
-    )
+    obj = wait_for(crash_looping, timeout=180, interval=1, what="Ready=False CrashLoopBackOff")
+    (condition,) = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
     assert condition["status"] == "False"
+    # What Argo CD makes of this very status (the chart's health check).
+    assert [answer["status"] for answer in argocd_health(obj)] == ["Degraded"]
     assert "last exit code 1" in condition["message"], condition
     (pod,) = pods(dataplane, dp_namespace, "broken")
     (status,) = pod["status"]["containerStatuses"]

@@ -21,7 +21,7 @@ from lightkube.config.kubeconfig import KubeConfig
 from modelplane_operator.kube import Kube
 from modelplane_operator.reconcile import reconcile
 
-from testsupport import Cluster, wait_for
+from testsupport import Cluster, argocd_health, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("running_operator")]
 
@@ -59,6 +59,12 @@ def sample(name: str) -> dict[str, Any]:
 
 def apply(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+
+
+def argo_cd_health(cluster: Cluster, namespace: str, name: str) -> str:
+    """Argo CD's health of the ModelDeployment as the operator left it (the chart's Lua)."""
+    (answer,) = argocd_health(get(cluster, namespace, "modeldeployment", name) or {})
+    return answer["status"]
 
 
 def get(cluster: Cluster, namespace: str, *what: str) -> dict[str, Any] | None:
@@ -121,6 +127,7 @@ def test_minimal_sample_becomes_ready_with_meaningful_columns(
 ) -> None:
     apply(cluster, namespace, sample("minimal"))
     wait_condition(cluster, namespace, "smollm2", "Ready", "True", reason="Serving")
+    assert argo_cd_health(cluster, namespace, "smollm2") == "Healthy"
 
     deployment = get(cluster, namespace, "deployment", "smollm2")
     service = get(cluster, namespace, "service", "smollm2")
@@ -227,6 +234,7 @@ def test_more_gpus_than_any_node_has_is_insufficient_gpu(cluster: Cluster, names
     assert "Insufficient nvidia.com/gpu" in ready["message"]
     row = cluster.kubectl("get", "md", "smollm2", "-n", namespace, "--no-headers").stdout
     assert row.split()[1:4] == ["False", "InsufficientGPU", "0/1"]
+    assert argo_cd_health(cluster, namespace, "smollm2") == "Degraded"
 
     # ... and `kubectl describe` tells the same story in its Events.
     def described_events() -> str | None:
@@ -293,6 +301,8 @@ async def test_second_reconcile_of_an_unchanged_resource_writes_nothing(
         cluster, namespace, "qwen-chat", "AutoscalerReady", "False", reason="MetricsAPIMissing"
     )
     assert autoscaler["message"].startswith("no adapter serves custom.metrics.k8s.io")
+    # Serving, but it will not scale at peak: Argo CD must not call that Healthy.
+    assert argo_cd_health(cluster, namespace, "qwen-chat") == "Degraded"
     samples: list[dict[str, str]] = []
 
     def stable() -> bool:
@@ -370,6 +380,7 @@ def test_suspend_scales_to_zero_and_keeps_the_objects(cluster: Cluster, namespac
     body["spec"]["suspend"] = True
     apply(cluster, namespace, body)
     wait_condition(cluster, namespace, "qwen-chat", "Ready", "True", reason="Suspended")
+    assert argo_cd_health(cluster, namespace, "qwen-chat") == "Suspended"
     deployment = get(cluster, namespace, "deployment", "qwen-chat") or {}
     assert deployment["spec"]["replicas"] == 0
     wait_for(lambda: pods(cluster, namespace, "qwen-chat") == [], timeout=TIMEOUT, what="no pods")
