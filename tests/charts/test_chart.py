@@ -16,33 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chartsupport import CHART, run_helm
+
 from localcluster import REPO_ROOT
 from testsupport import Cluster, wait_for
-
-CHART = REPO_ROOT / "charts" / "modelplane"
-
-
-def tools_bin() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "hack" / "build-tools.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    return tools_bin() / "helm"
-
-
-def run_helm(
-    helm: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(helm), *args], capture_output=True, text=True, env=env, timeout=180, check=False
-    )
 
 
 def rendered_kinds() -> set[tuple[str, str]]:
