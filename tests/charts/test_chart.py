@@ -7,6 +7,7 @@ produce must be writable by the chart's ServiceAccount, and nothing beyond what 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -204,6 +205,65 @@ def test_rbac_covers_exactly_what_the_operator_writes(
     assert not can("patch", "modeldeployments.modelplane.io")  # only their status
     assert not can("create", "clusterroles.rbac.authorization.k8s.io")
     assert not can("update", "deployments.apps")  # server-side apply patches; it never updates
+
+
+def chart_with_a_new_field(destination: Path) -> Path:
+    """A copy of the chart whose CRD has one more spec field, as a next release's would."""
+    shutil.copytree(CHART, destination)
+    template = destination / "templates" / "crd-modeldeployments.yaml"
+    text = template.read_text()
+    anchor = "            required:\n            - model\n            properties:\n"
+    assert text.count(anchor) == 1
+    added = (
+        "              upgradeCanary:\n"
+        "                type: string\n"
+        "                description: A field only the upgraded chart's CRD has.\n"
+    )
+    template.write_text(text.replace(anchor, anchor + added))
+    return destination
+
+
+@pytest.mark.k8s
+def test_helm_upgrade_upgrades_the_crd(
+    helm: Path, installed: tuple[Cluster, str, str], tmp_path: Path
+) -> None:
+    """Helm never upgrades a chart's crds/ directory; ours is a template, so it does."""
+    cluster, namespace, _ = installed
+    body = {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "upgraded"},
+        "spec": {"model": {"uri": "hf://o/m"}, "upgradeCanary": "yes"},
+    }
+
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        result: subprocess.CompletedProcess[str] = cluster.kubectl(
+            "apply", "--dry-run=server", "-n", "default", "-f", "-",
+            input=json.dumps(body), check=False,
+        )  # fmt: skip
+        return result
+
+    before = dry_run()
+    assert before.returncode != 0
+    assert 'unknown field "spec.upgradeCanary"' in before.stderr
+    try:
+        upgrade = run_helm(
+            helm, "upgrade", "mp", str(chart_with_a_new_field(tmp_path / "chart")),
+            "-n", namespace, "--wait", "--timeout", "120s", env=cluster.env,
+        )  # fmt: skip
+        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+        after = wait_for(
+            lambda: (result := dry_run()).returncode == 0 and result,
+            timeout=60,
+            what="the upgraded CRD to accept spec.upgradeCanary",
+        )
+        assert "upgraded" in after.stdout
+    finally:
+        back = run_helm(
+            helm, "upgrade", "mp", str(CHART), "-n", namespace, "--wait", "--timeout", "120s",
+            env=cluster.env,
+        )  # fmt: skip
+        assert back.returncode == 0, back.stdout + back.stderr
 
 
 @pytest.mark.k8s
