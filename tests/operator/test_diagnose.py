@@ -199,8 +199,9 @@ def test_rollout_in_progress_is_not_ready() -> None:
     assert conditions["Progressing"] == ("True", "RollingOut")
 
 
-def test_autoscaler_and_monitoring_conditions() -> None:
-    hpa = {
+def hpa_failing(message: str) -> dict[str, Any]:
+    """An HPA that can scale but cannot read its metric, saying `message`."""
+    return {
         "status": {
             "conditions": [
                 {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
@@ -208,11 +209,15 @@ def test_autoscaler_and_monitoring_conditions() -> None:
                     "type": "ScalingActive",
                     "status": "False",
                     "reason": "FailedGetPodsMetric",
-                    "message": "unable to get metric modelplane_queue_depth",
+                    "message": message,
                 },
             ]
         }
     }
+
+
+def test_autoscaler_and_monitoring_conditions() -> None:
+    hpa = hpa_failing("unable to get metric modelplane_queue_depth")
     conditions = conditions_of(
         deployment=deployment(1, 1),
         autoscaling_wanted=True,
@@ -255,25 +260,12 @@ HPA_PREFIX = (
 def test_a_missing_metric_is_said_in_words_with_the_hpas_message(
     cause: str, reason: str, words: str
 ) -> None:
-    hpa = {
-        "status": {
-            "conditions": [
-                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
-                {
-                    "type": "ScalingActive",
-                    "status": "False",
-                    "reason": "FailedGetPodsMetric",
-                    "message": HPA_PREFIX + cause,
-                },
-            ]
-        }
-    }
     observed = observe(
         deployment=deployment(1, 1),
         pods=[],
         suspended=False,
         autoscaling_wanted=True,
-        hpa=hpa,
+        hpa=hpa_failing(HPA_PREFIX + cause),
         monitoring_wanted=False,
         monitoring_skipped=False,
     )
