@@ -9,7 +9,9 @@ hand out the pod's IP (see `stages.py`); this process does what a kubelet does w
 - runs the startup, readiness and liveness probes with the spec's periods and thresholds against
   the pod's IP, and writes `status` from them: phase, the Initialized/ContainersReady/Ready
   conditions, container statuses with `started`, `ready`, `restartCount`, `state` and
-  `lastState` (exit codes);
+  `lastState` (exit codes), level-based: conditions another writer changed (the node lifecycle
+  controller marks a silent node's pods not Ready) are written again, as the kubelet's status
+  manager does;
 - restarts exited containers per `restartPolicy` with the kubelet's back-off (10 s doubling to
   5 min, `CrashLoopBackOff` while waiting), and kills and restarts a container whose liveness or
   startup probe fails;
@@ -283,6 +285,14 @@ async def stop_process(process: asyncio.subprocess.Process, grace_s: float) -> N
         await process.wait()
 
 
+def conditions_overwritten(pod: Object, written: Object) -> bool:
+    """Whether the live pod's conditions differ from the ones this kubelet last wrote, in a
+    condition type it writes (level-based status, as the kubelet's status manager keeps it)."""
+    ours = {c["type"]: c["status"] for c in written.get("conditions", [])}
+    live = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions", [])}
+    return any(live.get(kind) != status for kind, status in ours.items())
+
+
 class PodRunner:
     """Everything the kubelet does for one pod, from its IP to its deletion."""
 
@@ -317,6 +327,16 @@ class PodRunner:
 
     def update(self, pod: Object) -> None:
         self.pod = pod
+        if (
+            self._last_written is not None
+            and not self.terminating
+            and conditions_overwritten(pod, self._last_written)
+        ):
+            # Someone else wrote our conditions (the node lifecycle controller marks a silent
+            # node's pods not Ready): like the kubelet's status manager, write ours again.
+            log.info("%s: the pod's conditions are not the ones we wrote; writing ours", self.key)
+            self._last_written = None
+            self.publish()
         ip = (pod.get("status") or {}).get("podIP")
         if ip and not self.ip:
             self.ip = ip
