@@ -248,8 +248,10 @@ def test_helm_upgrade_upgrades_the_crd(
     assert 'unknown field "spec.upgradeCanary"' in before.stderr
     try:
         upgrade = run_helm(
+            # The operator tier applies crds/ with kubectl; taking over fields another manager
+            # applied needs --force-conflicts, as docs/operations.md tells users.
             helm, "upgrade", "mp", str(chart_with_a_new_field(tmp_path / "chart")),
-            "-n", namespace, "--wait", "--timeout", "120s", env=cluster.env,
+            "-n", namespace, "--wait", "--timeout", "120s", "--force-conflicts", env=cluster.env,
         )  # fmt: skip
         assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
         after = wait_for(
