@@ -123,16 +123,16 @@ def children_of(name: str, namespace: str, uid: str | None) -> list[dict[str, An
 
     spec = ModelDeploymentSpec.model_validate(SPEC)
     return list(
-        render(Owner(name=name, namespace=namespace, uid=uid), spec, RenderOptions(False)).children
+        render(Owner(name=name, namespace=namespace, uid=uid), spec, RenderOptions()).children
     )
 
 
-async def count_children(kube: Any, namespace: str, kinds: list[tuple[str, str]]) -> int:
-    from modelplane_operator.kube import CHILD_KINDS
+async def count_children(kube: Any, namespace: str, kinds: list[Any]) -> int:
+    from modelplane_operator.kube import resource_for
 
     total = 0
     for kind in kinds:
-        async for _ in kube.client.list(CHILD_KINDS[kind], namespace=namespace):
+        async for _ in kube.client.list(resource_for(kind), namespace=namespace):
             total += 1
     return total
 
@@ -154,6 +154,7 @@ async def measure(  # noqa: PLR0915  # one linear measurement
     from lightkube.models.meta_v1 import ObjectMeta
     from lightkube.resources.core_v1 import Namespace
 
+    from modelplane_operator.kinds import kind_of
     from modelplane_operator.kube import Kube, ModelDeploymentResource, with_hash
 
     client = AsyncClient(config=KubeConfig.from_file(str(kubeconfig)))
@@ -161,7 +162,7 @@ async def measure(  # noqa: PLR0915  # one linear measurement
     for namespace in (FLOOR_NAMESPACE, OPERATOR_NAMESPACE):
         await client.create(Namespace(metadata=ObjectMeta(name=namespace)))
     per_cr = children_of("md-0", FLOOR_NAMESPACE, None)
-    kinds = sorted({(child["apiVersion"], child["kind"]) for child in per_cr})
+    kinds = sorted({kind_of(child) for child in per_cr}, key=lambda kind: kind.kind)
     expected = count * len(per_cr)
     common.log(f"{len(per_cr)} children per ModelDeployment ({kinds}); {expected} in all")
 

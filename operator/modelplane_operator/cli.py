@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from modelplane_operator import crd
+from modelplane_operator.kinds import OPTIONAL_CRDS, PROMETHEUS_OPERATOR_GROUP
 from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
 from modelplane_operator.render import Owner, RenderOptions, render
 
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--assume-prometheus-operator",
         action="store_true",
-        help="render the ServiceMonitor as if its CRD were installed",
+        help="render the Prometheus Operator's kinds as if their CRDs were installed",
     )
     commands.add_parser("crd", help="print the CustomResourceDefinition")
     return parser
@@ -71,7 +72,12 @@ def render_file(path: Path, prometheus_operator: bool, namespace: str | None = N
             namespace=namespace or metadata.get("namespace", "default"),
             uid=metadata.get("uid"),
         )
-        documents += render(owner, spec, RenderOptions(prometheus_operator)).children
+        installed = frozenset(
+            crd
+            for crd in OPTIONAL_CRDS
+            if prometheus_operator and crd.endswith(PROMETHEUS_OPERATOR_GROUP)
+        )
+        documents += render(owner, spec, RenderOptions(installed)).children
     return yaml.safe_dump_all(documents, sort_keys=False, width=100)
 
 

@@ -21,6 +21,7 @@ from modelplane_operator.conditions import (
     READY,
     Condition,
 )
+from modelplane_operator.kinds import SERVICE_MONITOR
 from modelplane_operator.render import GPU_RESOURCE
 
 Object = dict[str, Any]
@@ -388,6 +389,6 @@ def _monitoring_condition(wanted: bool, skipped: bool) -> Condition:
             MONITORING_READY,
             "False",
             "CRDNotInstalled",
-            "servicemonitors.monitoring.coreos.com is not installed; no ServiceMonitor was created",
+            SERVICE_MONITOR.absent(),
         )
     return Condition(MONITORING_READY, "True", "ServiceMonitorApplied", "the ServiceMonitor exists")

@@ -33,7 +33,8 @@ from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
 from modelplane_operator.cache import ObjectCache
-from modelplane_operator.kube import WATCHED_KINDS, Kube
+from modelplane_operator.kinds import WATCHED_KINDS
+from modelplane_operator.kube import Kube
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.reconcile import Reads, Reconciler
 from modelplane_operator.render import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
@@ -139,9 +140,9 @@ def child_event(api_version: str, kind: str) -> Any:
     return child_changed
 
 
-for (_api_version, _kind), _plural in WATCHED_KINDS.items():
-    kopf.on.event(_api_version, _plural, labels=MANAGED, registry=registry)(
-        child_event(_api_version, _kind)
+for _kind in WATCHED_KINDS:
+    kopf.on.event(_kind.api_version, _kind.plural, labels=MANAGED, registry=registry)(
+        child_event(_kind.api_version, _kind.kind)
     )
 
 

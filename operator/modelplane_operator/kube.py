@@ -13,6 +13,7 @@ API. Whether a CRD is installed is remembered for `crd_refresh_seconds`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ from lightkube.types import PatchType
 from lightkube.utils.quantity import parse_quantity
 
 from modelplane_operator.cache import ObjectCache
+from modelplane_operator.kinds import POD, ChildKind, kind_of
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.render import FIELD_MANAGER
 
@@ -44,29 +46,26 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-ServiceMonitorResource = create_namespaced_resource(
-    "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"
-)
 
-# Every kind the operator renders, keyed by (apiVersion, kind).
-CHILD_KINDS: dict[tuple[str, str], type[NamespacedResource]] = {
-    ("apps/v1", "Deployment"): Deployment,
-    ("v1", "Service"): Service,
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): HorizontalPodAutoscaler,
-    ("policy/v1", "PodDisruptionBudget"): PodDisruptionBudget,
-    ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitorResource,
+# lightkube's typed resources for the built-in kinds; add-on kinds get a generic resource.
+_BUILT_IN: dict[str, type[NamespacedResource]] = {
+    "Deployment": Deployment,
+    "Service": Service,
+    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "PodDisruptionBudget": PodDisruptionBudget,
+    "NetworkPolicy": NetworkPolicy,
+    "Pod": Pod,
 }
-# Kinds whose changes kopf delivers to us (see handlers), by (apiVersion, kind): their plural. What
-# the cache holds of them follows the cluster; other kinds are only as fresh as our last read.
-WATCHED_KINDS: dict[tuple[str, str], str] = {
-    ("apps/v1", "Deployment"): "deployments",
-    ("v1", "Pod"): "pods",
-    ("v1", "Service"): "services",
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-}
-POD = ("v1", "Pod")
+
+
+@functools.cache
+def resource_for(kind: ChildKind) -> type[NamespacedResource]:
+    """The lightkube resource that addresses one registered kind."""
+    if kind.crd is None:
+        return _BUILT_IN[kind.kind]
+    return create_namespaced_resource(kind.group, kind.version, kind.kind, kind.plural)
+
+
 HASH_ANNOTATION = f"{GROUP}/applied-hash"
 CONFLICT = 409
 NOT_FOUND = 404
@@ -178,26 +177,25 @@ class Kube:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(
-        self, api_version: str, kind: str, name: str, namespace: str, *, cached: bool = False
+        self, kind: ChildKind, name: str, namespace: str, *, cached: bool = False
     ) -> Object | None:
         """The live object, or None when it does not exist; `cached`: as the cache holds it."""
         if cached and self.cache is not None:
-            return self.cache.get(api_version, kind, namespace, name)
-        resource = CHILD_KINDS[(api_version, kind)]
+            return self.cache.get(kind.api_version, kind.kind, namespace, name)
         try:
-            live = to_object(await self.client.get(resource, name, namespace=namespace))
+            live = to_object(await self.client.get(resource_for(kind), name, namespace=namespace))
         except ApiError as error:
             if error.status.code == NOT_FOUND:
                 if self.cache is not None:
-                    self.cache.forget(api_version, kind, namespace, name)
+                    self.cache.forget(kind.api_version, kind.kind, namespace, name)
                 return None
             raise
-        self._keep(api_version, kind, live)
+        self._keep(kind.api_version, kind.kind, live)
         return live
 
     async def apply(self, manifest: Object) -> Object:
         """Server-side apply of one child as the operator's field manager."""
-        resource = CHILD_KINDS[(manifest["apiVersion"], manifest["kind"])]
+        resource = resource_for(kind_of(manifest))
         metadata = manifest["metadata"]
 
         async def call() -> Object:
@@ -216,21 +214,20 @@ class Kube:
         self._keep(manifest["apiVersion"], manifest["kind"], live)
         return live
 
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+    async def delete(self, kind: ChildKind, name: str, namespace: str) -> None:
         """Delete a child; already gone is fine."""
-        resource = CHILD_KINDS[(api_version, kind)]
+        resource = resource_for(kind)
         try:
             await self._retrying(lambda: self.client.delete(resource, name, namespace=namespace))
         except ApiError as error:
             if error.status.code != NOT_FOUND:
                 raise
         if self.cache is not None:
-            self.cache.forget(api_version, kind, namespace, name)
+            self.cache.forget(kind.api_version, kind.kind, namespace, name)
 
     async def list_children(
         self,
-        api_version: str,
-        kind: str,
+        kind: ChildKind,
         namespace: str,
         labels: Mapping[str, str],
         *,
@@ -238,21 +235,21 @@ class Kube:
     ) -> list[Object]:
         """Objects of one kind in a namespace selected by labels (naming the instance)."""
         if cached and self.cache is not None:
-            return self.cache.select(api_version, kind, namespace, labels)
-        resource = Pod if (api_version, kind) == POD else CHILD_KINDS[(api_version, kind)]
+            return self.cache.select(kind.api_version, kind.kind, namespace, labels)
+        resource = resource_for(kind)
         items = [
             to_object(item)
             async for item in self.client.list(resource, namespace=namespace, labels=dict(labels))
         ]
         for item in items:
-            self._keep(api_version, kind, item)
+            self._keep(kind.api_version, kind.kind, item)
         return items
 
     async def list_pods(
         self, namespace: str, labels: Mapping[str, str], *, cached: bool = False
     ) -> list[Object]:
         """Pods selected by labels (naming the instance)."""
-        return await self.list_children(*POD, namespace, labels, cached=cached)
+        return await self.list_children(POD, namespace, labels, cached=cached)
 
     async def crd_installed(self, name: str) -> bool:
         """Whether a CustomResourceDefinition exists (e.g. the Prometheus Operator's); the answer

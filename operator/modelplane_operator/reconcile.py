@@ -29,21 +29,22 @@ from pydantic import ValidationError
 from modelplane_operator import metrics
 from modelplane_operator.conditions import READY, Condition, find, merge_conditions
 from modelplane_operator.diagnose import FAILURE_REASONS, INVALID_SPEC, observe
-from modelplane_operator.kube import (
+from modelplane_operator.kinds import (
     CHILD_KINDS,
-    NOT_FOUND,
+    DEPLOYMENT,
+    HORIZONTAL_POD_AUTOSCALER,
+    OPTIONAL_CRDS,
     POD,
-    WATCHED_KINDS,
-    Kube,
-    needs_apply,
-    with_hash,
+    ChildKind,
+    child_key,
+    kind_of,
 )
+from modelplane_operator.kube import NOT_FOUND, Kube, needs_apply, with_hash
 from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
 from modelplane_operator.render import (
     FIELD_MANAGER,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
-    SERVICE_MONITOR_CRD,
     Owner,
     RenderOptions,
     render,
@@ -54,6 +55,8 @@ from modelplane_operator.render import (
 
 Object = dict[str, Any]
 Key = tuple[str, str]
+# Live children by (kind, name); None where the child does not exist.
+LiveChildren = dict[tuple[str, str], Object | None]
 FORBIDDEN = 403
 logger = logging.getLogger(__name__)
 
@@ -86,9 +89,9 @@ class Reads(enum.IntEnum):
     RESYNC = 1
     API = 2
 
-    def cached(self, kind_key: tuple[str, str]) -> bool:
+    def cached(self, kind: ChildKind) -> bool:
         """Whether objects of this kind are read from the cache."""
-        return self is Reads.CACHE or (self is Reads.RESYNC and kind_key in WATCHED_KINDS)
+        return self is Reads.CACHE or (self is Reads.RESYNC and kind.watched)
 
 
 class InvalidSpecError(Exception):
@@ -170,37 +173,44 @@ def _owned_by(item: Object, uid: str) -> bool:
 
 async def _apply_children(
     kube: Kube, children: list[Object], outcome: Outcome, reads: Reads
-) -> dict[tuple[str, str], Object | None]:
-    """Apply each child that differs from its live object; the live objects, by kind."""
-    live_children: dict[tuple[str, str], Object | None] = {}
+) -> LiveChildren:
+    """Apply each child that differs from its live object; the live objects, by (kind, name)."""
+    live_children: LiveChildren = {}
     for child in (with_hash(manifest) for manifest in children):
-        kind_key = (child["apiVersion"], child["kind"])
-        metadata = child["metadata"]
+        kind, metadata = kind_of(child), child["metadata"]
         live = await kube.get(
-            *kind_key, metadata["name"], metadata["namespace"], cached=reads.cached(kind_key)
+            kind, metadata["name"], metadata["namespace"], cached=reads.cached(kind)
         )
         if needs_apply(child, live):
             live = await kube.apply(child)
-            outcome.applied.append(f"{child['kind']}/{metadata['name']}")
-        live_children[kind_key] = live
+            outcome.applied.append(f"{kind.kind}/{metadata['name']}")
+        live_children[child_key(child)] = live
     return live_children
 
 
 async def _delete_unwanted(
-    kube: Kube, kinds: list[tuple[str, str]], owner: Owner, outcome: Outcome, reads: Reads
+    kube: Kube,
+    kinds: list[ChildKind],
+    wanted: LiveChildren,
+    owner: Owner,
+    outcome: Outcome,
+    *,
+    reads: Reads,
 ) -> None:
-    """Delete our children of kinds no longer wanted: found by labels, confirmed by owner uid."""
+    """Delete our children that are not wanted (by kind and name): found by labels, confirmed by
+    owner uid."""
     selector = {**selector_labels(owner.name), LABEL_MANAGED_BY: FIELD_MANAGER}
-    for kind_key in kinds:
+    for kind in kinds:
         # What could exist is in the cache (what we applied or saw), except before our first
         # reconcile of this owner in this process: only then list from the API.
         found = await kube.list_children(
-            *kind_key, owner.namespace, selector, cached=reads is not Reads.API
+            kind, owner.namespace, selector, cached=reads is not Reads.API
         )
         for item in found:
-            if _owned_by(item, owner.uid or ""):
-                await kube.delete(*kind_key, item["metadata"]["name"], owner.namespace)
-                outcome.deleted.append(f"{kind_key[1]}/{item['metadata']['name']}")
+            name = item["metadata"]["name"]
+            if (kind.kind, name) not in wanted and _owned_by(item, owner.uid or ""):
+                await kube.delete(kind, name, owner.namespace)
+                outcome.deleted.append(f"{kind.kind}/{name}")
 
 
 async def reconcile(
@@ -234,28 +244,25 @@ async def reconcile(
         raise InvalidSpecError(message) from error
 
     owner = Owner(name=name, namespace=namespace, uid=metadata.get("uid"))
-    prometheus = await kube.crd_installed(SERVICE_MONITOR_CRD)
-    rendered = render(owner, spec, RenderOptions(prometheus_operator=prometheus))
+    installed = frozenset([crd for crd in OPTIONAL_CRDS if await kube.crd_installed(crd)])
+    rendered = render(owner, spec, RenderOptions(installed_crds=installed))
     outcome = Outcome(ready="Unknown", reason="")
 
     live_children = await _apply_children(kube, rendered.children, outcome, reads)
-    unwanted = [
-        kind_key
-        for kind_key in CHILD_KINDS
-        if kind_key not in live_children and (kind_key[1] != "ServiceMonitor" or prometheus)
-    ]
-    await _delete_unwanted(kube, unwanted, owner, outcome, reads)
+    # Kinds the cluster serves; of a kind whose CRD is gone nothing can be left to delete.
+    served = [kind for kind in CHILD_KINDS if kind.crd is None or kind.crd in installed]
+    await _delete_unwanted(kube, served, live_children, owner, outcome, reads=reads)
     if defer_status and outcome.writes:
         outcome.status_deferred = True
         return outcome
 
     pods = await kube.list_pods(namespace, selector_labels(name), cached=reads.cached(POD))
     observed = observe(
-        deployment=live_children.get(("apps/v1", "Deployment")),
+        deployment=live_children.get((DEPLOYMENT.kind, name)),
         pods=pods,
         suspended=spec.suspend,
         autoscaling_wanted=spec.autoscaling is not None,
-        hpa=live_children.get(("autoscaling/v2", "HorizontalPodAutoscaler")),
+        hpa=live_children.get((HORIZONTAL_POD_AUTOSCALER.kind, name)),
         monitoring_wanted=spec.monitoring.service_monitor,
         monitoring_skipped=rendered.service_monitor_skipped,
     )

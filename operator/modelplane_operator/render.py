@@ -70,6 +70,7 @@ from lightkube.models.networking_v1 import (
 from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
 
 from modelplane_operator import server_contract
+from modelplane_operator.kinds import SERVICE_MONITOR, ChildKind, kind_of
 from modelplane_operator.models import (
     API_VERSION,
     KIND,
@@ -94,7 +95,6 @@ SERVER_CONTAINER = "server"
 MODEL_VOLUME = "model"
 MODEL_MOUNT = "/models"
 HF_TOKEN_KEY = "token"  # noqa: S105 - the name of a Secret key, not a secret
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 # Startup budget: time to start CUDA, load the weights and warm up. Loading shards spreads over the
 # GPUs of one replica, so the per-GiB cost divides by the GPU count.
@@ -121,9 +121,10 @@ class Owner:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """Facts about the cluster that change what is rendered."""
+    """Facts about the cluster that change what is rendered: which add-on CRDs are installed
+    (children of a kind whose CRD is missing are left out, and `Rendered.skipped` says so)."""
 
-    prometheus_operator: bool = False
+    installed_crds: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,13 @@ class Rendered:
 
     children: list[Manifest]
     resolved: ResolvedConfig
-    service_monitor_skipped: bool = False
+    # Kinds the spec asks for whose CRD is not installed.
+    skipped: tuple[ChildKind, ...] = ()
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def service_monitor_skipped(self) -> bool:
+        return SERVICE_MONITOR in self.skipped
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -657,12 +663,9 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
         render_network_policy(owner, spec),
     )
     children += [child for child in optional if child is not None]
-    skipped = False
     if spec.monitoring.service_monitor:
-        if options.prometheus_operator:
-            children.append(render_service_monitor(owner, spec))
-        else:
-            skipped = True
+        children.append(render_service_monitor(owner, spec))
+    children, skipped = _installed_only(children, options.installed_crds)
     autoscaler = None
     if spec.autoscaling is not None and not spec.suspend:
         autoscaler = f"{spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas}"
@@ -680,4 +683,19 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
         autoscaler=autoscaler,
         children=[f"{child['kind']}/{child['metadata']['name']}" for child in children],
     )
-    return Rendered(children=children, resolved=resolved, service_monitor_skipped=skipped)
+    return Rendered(children=children, resolved=resolved, skipped=skipped)
+
+
+def _installed_only(
+    children: list[Manifest], installed_crds: frozenset[str]
+) -> tuple[list[Manifest], tuple[ChildKind, ...]]:
+    """The children whose kind the cluster serves, and the kinds left out because their CRD is
+    not installed: the one place an add-on's absence is handled."""
+    kept, skipped = [], []
+    for child in children:
+        kind = kind_of(child)
+        if kind.crd is None or kind.crd in installed_crds:
+            kept.append(child)
+        elif kind not in skipped:
+            skipped.append(kind)
+    return kept, tuple(skipped)

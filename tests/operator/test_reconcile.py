@@ -15,6 +15,7 @@ from lightkube.models.meta_v1 import Status
 
 from modelplane_operator import metrics
 from modelplane_operator.cache import ObjectCache
+from modelplane_operator.kinds import ChildKind
 from modelplane_operator.kube import Kube, is_subset
 from modelplane_operator.reconcile import (
     InvalidSpecError,
@@ -46,10 +47,8 @@ class FakeKube:
     async def crd_installed(self, name: str) -> bool:
         return self.prometheus
 
-    async def get(
-        self, api_version: str, kind: str, name: str, namespace: str, *, cached: bool = False
-    ) -> Any:
-        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+    async def get(self, kind: ChildKind, name: str, namespace: str, *, cached: bool = False) -> Any:
+        return copy.deepcopy(self.objects.get((kind.kind, namespace, name)))
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         metadata = manifest["metadata"]
@@ -59,14 +58,13 @@ class FakeKube:
         self.writes.append(f"apply {manifest['kind']}")
         return copy.deepcopy(manifest)
 
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
-        self.objects.pop((kind, namespace, name), None)
-        self.writes.append(f"delete {kind}")
+    async def delete(self, kind: ChildKind, name: str, namespace: str) -> None:
+        self.objects.pop((kind.kind, namespace, name), None)
+        self.writes.append(f"delete {kind.kind}")
 
     async def list_children(
         self,
-        api_version: str,
-        kind: str,
+        kind: ChildKind,
         namespace: str,
         labels: dict[str, str],
         *,
@@ -75,7 +73,7 @@ class FakeKube:
         return [
             copy.deepcopy(item)
             for (item_kind, item_namespace, _), item in self.objects.items()
-            if item_kind == kind
+            if item_kind == kind.kind
             and item_namespace == namespace
             and is_subset(labels, item["metadata"].get("labels", {}))
         ]
@@ -160,6 +158,20 @@ async def test_children_no_longer_wanted_are_deleted_but_only_our_own() -> None:
     assert fake.objects[("Deployment", "models", "demo")]["spec"]["replicas"] == 0
     labels = fake.objects[("Deployment", "models", "demo")]["metadata"]["labels"]
     assert labels[LABEL_MANAGED_BY] == "modelplane-operator"
+
+
+async def test_a_child_of_a_wanted_kind_under_an_unwanted_name_is_deleted() -> None:
+    """Children are told apart by (kind, name): a second Service of ours (say, a variant's that
+    is no longer wanted) goes, while the wanted one of the same kind stays untouched."""
+    fake = FakeKube(body(replicas=1))
+    await reconcile(as_kube(fake), fake.body)
+    extra = copy.deepcopy(fake.objects[("Service", "models", "demo")])
+    extra["metadata"]["name"] = "demo-canary"
+    fake.objects[("Service", "models", "demo-canary")] = extra
+    outcome = await reconcile(as_kube(fake), fake.body)
+    assert outcome.deleted == ["Service/demo-canary"]
+    assert outcome.applied == []
+    assert ("Service", "models", "demo") in fake.objects
 
 
 async def test_invalid_spec_becomes_a_condition_and_an_error() -> None:

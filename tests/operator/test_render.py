@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from modelplane_operator import server_contract
+from modelplane_operator.kinds import OPTIONAL_CRDS
 from modelplane_operator.models import ModelDeploymentSpec
 from modelplane_operator.render import (
     GPU_PRODUCT_LABEL,
@@ -27,6 +28,7 @@ from modelplane_operator.render import (
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLES = ROOT / "crds" / "samples"
+WITH_PROMETHEUS_OPERATOR = RenderOptions(installed_crds=frozenset(OPTIONAL_CRDS))
 OWNER = Owner(name="demo", namespace="models", uid="00000000-0000-0000-0000-000000000001")
 
 
@@ -54,9 +56,9 @@ def server_container(rendered: Rendered) -> dict[str, Any]:
 
 CASES: dict[str, tuple[ModelDeploymentSpec, RenderOptions]] = {
     "minimal": (sample_spec("minimal"), RenderOptions()),
-    "full": (sample_spec("full"), RenderOptions(prometheus_operator=True)),
+    "full": (sample_spec("full"), WITH_PROMETHEUS_OPERATOR),
     "full-without-prometheus-operator": (sample_spec("full"), RenderOptions()),
-    "suspended": (sample_spec("full", suspend=True), RenderOptions(prometheus_operator=True)),
+    "suspended": (sample_spec("full", suspend=True), WITH_PROMETHEUS_OPERATOR),
     "pvc-gguf-cpu": (
         spec_of(
             model={"uri": "pvc://weights/llama/q4", "ggufFile": "llama.Q4_K_M.gguf"},
@@ -92,7 +94,7 @@ def test_render_is_deterministic() -> None:
 
 
 def test_children_carry_labels_and_a_controller_owner_reference() -> None:
-    rendered = render(OWNER, sample_spec("full"), RenderOptions(prometheus_operator=True))
+    rendered = render(OWNER, sample_spec("full"), WITH_PROMETHEUS_OPERATOR)
     kinds = {child["kind"] for child in rendered.children}
     assert kinds == {
         "Deployment",
@@ -217,9 +219,7 @@ def test_service_monitor_needs_the_crd() -> None:
     without = render(OWNER, spec, RenderOptions())
     assert "ServiceMonitor" not in by_kind(without)
     assert without.service_monitor_skipped
-    monitor = by_kind(render(OWNER, spec, RenderOptions(prometheus_operator=True)))[
-        "ServiceMonitor"
-    ]
+    monitor = by_kind(render(OWNER, spec, WITH_PROMETHEUS_OPERATOR))["ServiceMonitor"]
     assert monitor["spec"]["endpoints"][0]["path"] == server_contract.METRICS_PATH
 
 
