@@ -199,6 +199,7 @@ class ContinuousBatchingEngine:
         self._ids = itertools.count()
         self._running: dict[int, _Sequence] = {}
         self._running_count = 0
+        self._kv_tokens = 0  # prompt + generated tokens of the running sequences
         self._steps_total = 0
         self._last_step: float | None = None
         self._recent_batch_sizes: tuple[int, ...] = ()
@@ -332,6 +333,8 @@ class ContinuousBatchingEngine:
             last_step_monotonic=self._last_step,
             max_batch_size=self._config.max_batch_size,
             recent_batch_sizes=self._recent_batch_sizes,
+            kv_cache_tokens=self._kv_tokens,
+            kv_cache_capacity_tokens=self._config.max_batch_size * self.context_length,
         )
 
     # --- the step thread ----------------------------------------------------------------------
@@ -384,6 +387,7 @@ class ContinuousBatchingEngine:
             self._finished_rows = []
         finished = self._clock()
         self._running_count = len(self._running)
+        self._kv_tokens = sum(seq.prompt_tokens + seq.generated for seq in self._running.values())
         self._flush()
         batch_size = max(len(newcomers) + chunked, decode_tokens)
         self._steps_total += 1
@@ -554,6 +558,7 @@ class ContinuousBatchingEngine:
         self._finished_rows = []
         self._chunking = None
         self._running_count = 0
+        self._kv_tokens = 0
 
     def _finish(
         self,

@@ -79,15 +79,22 @@ class _EngineStateCollector(Collector):
             "Running generation requests / --max-batch-size: 1 means the batch is full and "
             "newcomers queue (an autoscaling signal before latency shows it).",
         )
+        kv_usage = GaugeMetricFamily(
+            f"{PREFIX}_kv_cache_usage",
+            "Tokens the running sequences hold in the KV cache / what it can hold "
+            "(--max-batch-size x context length), 0..1: long contexts fill it before the batch.",
+        )
         steps = CounterMetricFamily(f"{PREFIX}_engine_steps", "Generation forward steps run.")
         if stats is not None:
+            capacity = max(stats.kv_cache_capacity_tokens, 1)
+            kv_usage.add_metric([], stats.kv_cache_tokens / capacity)
             running.add_metric([], stats.running)
             batch_fill.add_metric([], stats.running / max(stats.max_batch_size, 1))
             waiting.add_metric([], stats.waiting)
             queue_depth.add_metric([], stats.waiting)
             waiting_tokens.add_metric([], stats.waiting_prompt_tokens)
             steps.add_metric([], stats.steps_total)
-        yield from (running, waiting, queue_depth, batch_fill, waiting_tokens, steps)
+        yield from (running, waiting, queue_depth, batch_fill, kv_usage, waiting_tokens, steps)
         ready = GaugeMetricFamily(
             f"{PREFIX}_server_ready", "1 when the models are loaded and the server admits work."
         )

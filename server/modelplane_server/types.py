@@ -151,6 +151,10 @@ class EngineStats:
     last_step_monotonic: float | None  # liveness: when the last step finished
     max_batch_size: int
     recent_batch_sizes: tuple[int, ...] = field(default=())
+    # Tokens the running sequences hold in the KV cache, and what it holds at most
+    # (--max-batch-size x the model's context length).
+    kv_cache_tokens: int = 0
+    kv_cache_capacity_tokens: int = 0
 
 
 class EngineObserver(Protocol):

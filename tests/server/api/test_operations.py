@@ -223,6 +223,7 @@ DOCUMENTED_METRICS = [
     "modelplane_num_requests_waiting",
     "modelplane_queue_depth",
     "modelplane_batch_fill",
+    "modelplane_kv_cache_usage",
     "modelplane_num_waiting_prompt_tokens",
     "modelplane_engine_steps_total",
     "modelplane_server_ready",
@@ -303,9 +304,12 @@ def test_batch_fill_is_running_over_the_max_batch_size() -> None:
         steps_total=7,
         last_step_monotonic=None,
         max_batch_size=32,
+        kv_cache_tokens=2048,
+        kv_cache_capacity_tokens=32 * 256,
     )
     text = generate_latest(metrics.registry).decode()
     assert sample(text, "modelplane_batch_fill") == 0.75
+    assert sample(text, "modelplane_kv_cache_usage") == 0.25
     assert sample(text, "modelplane_queue_depth") == 3
 
 

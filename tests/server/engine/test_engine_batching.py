@@ -458,3 +458,19 @@ async def test_observer_sees_request_timings_and_stats_are_cheap_snapshots() -> 
     assert snapshot.steps_total == len(observer.steps) > 0
     assert snapshot.last_step_monotonic is not None
     assert snapshot.recent_batch_sizes[-1] == 1
+
+
+async def test_kv_cache_usage_counts_the_running_sequences_tokens() -> None:
+    """The KV-usage gauge's source: prompt + generated tokens of the running sequences over
+    --max-batch-size x context length; back to 0 when they finish."""
+    engine, _, _ = make_engine(FakeRunner(step_delay_s=0.01), max_batch_size=4, context_length=64)
+    await engine.start()
+    streams = [engine.generate(request(f"r{i}", "abcdefgh", max_tokens=40)) for i in range(2)]
+    tasks = [asyncio.create_task(collect(stream)) for stream in streams]
+    await wait_until(lambda: engine.stats().kv_cache_tokens >= 2 * (8 + 5))
+    held = engine.stats()
+    assert held.kv_cache_capacity_tokens == 4 * 64
+    assert held.kv_cache_tokens <= 2 * (8 + 40)
+    await asyncio.gather(*tasks)
+    await wait_until(lambda: engine.stats().kv_cache_tokens == 0)
+    await engine.stop(5)
