@@ -5,6 +5,9 @@
 #   hack/build-tools.sh dataplane                   Traefik, Prometheus + promtool, prometheus-adapter
 #                                                   and the Gateway API CRDs; prints their bin dir
 #   hack/build-tools.sh argocd                      argocd-lua-health (Argo CD's Lua, for tests)
+#   hack/build-tools.sh addons                      the CRDs of KEDA (ScaledObject) and the Prometheus
+#                                                   Operator (ServiceMonitor, PrometheusRule); prints
+#                                                   their directory
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
@@ -13,6 +16,7 @@ command -v go >/dev/null || die "Go is required to build the control plane (http
 what="${1:-all}"
 [ "$what" = dataplane ] && TOOLS_BIN="$DATAPLANE_BIN"
 [ "$what" = argocd ] && TOOLS_BIN="$ARGOCD_LUA_BIN"
+[ "$what" = addons ] && TOOLS_BIN="$ADDON_CRDS"
 mkdir -p "$TOOLS_BIN"
 
 # Build into a temp dir and move into place, so an interrupted build never leaves a half binary
@@ -131,6 +135,27 @@ gateway_api_crds() {
   mv -f "$TOOLS_BIN/gateway-api-crds.yaml.tmp" "$TOOLS_BIN/gateway-api-crds.yaml"
 }
 
+module_dir() {  # module_dir MODULE@VERSION: where `go mod download` put the module's source
+  (cd "$(mktemp -d)" && go mod download -json "$1" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
+
+# The add-ons' own CRDs, as their projects generate them: the apiserver then validates what the
+# operator renders against the real schemas.
+addon_crds() {
+  local keda prom
+  [ -s "$TOOLS_BIN/scaledobjects.keda.sh.yaml" ] \
+    && [ -s "$TOOLS_BIN/prometheusrules.monitoring.coreos.com.yaml" ] && return 0
+  keda="$(module_dir "github.com/kedacore/keda/v2@v$KEDA_VERSION")"
+  prom="$(module_dir "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION")"
+  install -m 0644 "$keda/config/crd/bases/keda.sh_scaledobjects.yaml" \
+    "$TOOLS_BIN/scaledobjects.keda.sh.yaml"
+  install -m 0644 "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+    "$TOOLS_BIN/servicemonitors.monitoring.coreos.com.yaml"
+  install -m 0644 "$prom/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" \
+    "$TOOLS_BIN/prometheusrules.monitoring.coreos.com.yaml"
+}
+
 # argocd-lua-health: runs the chart's Argo CD health script with gopher-lua, as Argo CD does.
 build_argocd_lua() {
   (cd hack/tools/argocd-lua && build argocd-lua-health go_build -trimpath -ldflags "-s -w" .)
@@ -143,6 +168,7 @@ case "$what" in
   etcd|kwok|helm|kube) "build_$what" ;;
   dataplane) gateway_api_crds; build_prometheus; build_prometheus_adapter; build_traefik ;;
   argocd) build_argocd_lua ;;
-  *) die "usage: $0 [all|etcd|kube|kwok|helm|dataplane|argocd]" ;;
+  addons) addon_crds ;;
+  *) die "usage: $0 [all|etcd|kube|kwok|helm|dataplane|argocd|addons]" ;;
 esac
 echo "$TOOLS_BIN"

@@ -12,13 +12,18 @@ TRAEFIK_VERSION="3.6.12"
 PROMETHEUS_VERSION="0.316.0"
 PROMETHEUS_ADAPTER_VERSION="0.12.0"
 GATEWAY_API_VERSION="1.4.1"
-GOPHER_LUA_VERSION="1.1.1"  # the Lua interpreter Argo CD embeds (hack/tools/argocd-lua/go.mod)
+GOPHER_LUA_VERSION="1.1.1"
+# Add-ons whose CRDs the operator renders children of (fetched, not built): KEDA's ScaledObject, the
+# Prometheus Operator's ServiceMonitor and PrometheusRule, from their Go modules' CRD directories.
+KEDA_VERSION="2.19.0"
+PROMETHEUS_OPERATOR_VERSION="0.85.0"  # the Lua interpreter Argo CD embeds (hack/tools/argocd-lua/go.mod)
 
 MODELPLANE_CACHE="${MODELPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelplane}"
 GO_VERSION="$(go env GOVERSION 2>/dev/null || echo nogo)"
 # Binaries are keyed by their own version and the Go toolchain that built them.
 TOOLS_BIN="${MODELPLANE_CACHE}/bin/k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${GO_VERSION}"
 DATAPLANE_BIN="${MODELPLANE_CACHE}/bin/traefik-${TRAEFIK_VERSION}_prometheus-${PROMETHEUS_VERSION}_adapter-${PROMETHEUS_ADAPTER_VERSION}_gateway-api-${GATEWAY_API_VERSION}_${GO_VERSION}"
+ADDON_CRDS="${MODELPLANE_CACHE}/crds/keda-${KEDA_VERSION}_prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}"
 # The Argo CD health-script runner: keyed by its source too, so an edit rebuilds it.
 ARGOCD_LUA_BIN="${MODELPLANE_CACHE}/bin/argocd-lua-${GOPHER_LUA_VERSION}-$(sha256sum hack/tools/argocd-lua/main.go 2>/dev/null | cut -c1-12)_${GO_VERSION}"
 

@@ -15,6 +15,7 @@ if ! in_isolated_netns; then
   bash hack/build-tools.sh >/dev/null
   bash hack/build-tools.sh dataplane >/dev/null
   bash hack/build-tools.sh argocd >/dev/null
+  bash hack/build-tools.sh addons >/dev/null
   bash hack/verify-all.sh
 fi
 # Models ship inside wheels; a test that tries to reach a hub must fail, not download.

@@ -68,10 +68,11 @@ def wait_for(
 
 
 @contextlib.contextmanager
-def operator_thread(kubeconfig: Path, namespaces: list[str]) -> Iterator[Any]:
+def operator_thread(kubeconfig: Path, namespaces: list[str], **overrides: Any) -> Iterator[Any]:
     """The operator exactly as `modelplane-operator run` runs it (`handlers.operate`), in a thread,
-    against `kubeconfig`, watching `namespaces`, with short resync and retry delays. Yields its
-    `OperatorContext`; fails the test if it cannot start, crashes, or does not stop."""
+    against `kubeconfig`, watching `namespaces`, with short resync and retry delays (and any
+    other settings in `overrides`). Yields its `OperatorContext`; fails the test if it cannot
+    start, crashes, or does not stop."""
     from modelplane_operator import handlers
     from modelplane_operator.settings import OperatorSettings
 
@@ -82,6 +83,7 @@ def operator_thread(kubeconfig: Path, namespaces: list[str]) -> Iterator[Any]:
         crd_refresh_seconds=2,
         metrics_port=0,
         health_port=0,
+        **overrides,
     )
     context = handlers.OperatorContext(settings=settings)
     ready, stop = threading.Event(), threading.Event()
@@ -123,6 +125,14 @@ def tool_cache() -> Path:
     if cache:
         return Path(cache)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"
+
+
+def addon_crd(name: str) -> Path:
+    """An add-on's real CRD (e.g. scaledobjects.keda.sh), as `hack/build-tools.sh addons`
+    fetched it from the add-on's Go module."""
+    found = sorted(tool_cache().glob(f"crds/keda-*_prometheus-operator-*/{name}.yaml"))
+    assert found, f"{name} is not fetched: run hack/build-tools.sh addons"
+    return found[-1]
 
 
 ARGOCD_HEALTH_LUA = ROOT / "charts" / "modelplane" / "argocd" / "health.lua"

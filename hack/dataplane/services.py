@@ -27,6 +27,7 @@ ADAPTER_METRICS = (
     "modelplane_queue_depth",
     "modelplane_num_requests_running",
     "modelplane_batch_fill",
+    "modelplane_kv_cache_usage",
 )
 
 

@@ -79,9 +79,11 @@ def _structural(schema: Schema) -> Schema:
         schema["additionalProperties"] = values
     if schema.get("default", 0) is None:
         del schema["default"]
-    if "exclusiveMinimum" in schema:
-        schema["minimum"] = schema["exclusiveMinimum"]
-        schema["exclusiveMinimum"] = True
+    # JSON Schema's numeric exclusive bounds are OpenAPI v3's boolean flags on minimum/maximum.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if exclusive in schema:
+            schema[bound] = schema[exclusive]
+            schema[exclusive] = True
     if schema.get("additionalProperties") is True or (
         schema.get("type") == "object"
         and "properties" not in schema

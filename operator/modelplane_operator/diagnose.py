@@ -9,19 +9,18 @@ whether scaling works. This module turns them into the conditions and replica co
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from modelplane_operator.autoscaler_conditions import autoscaled_desired, autoscaler_condition
 from modelplane_operator.conditions import (
-    AUTOSCALER_READY,
     MONITORING_READY,
     PODS_HEALTHY,
     PROGRESSING,
     READY,
     Condition,
 )
-from modelplane_operator.kinds import SERVICE_MONITOR
+from modelplane_operator.kinds import PROMETHEUS_RULE, SERVICE_MONITOR, ChildKind
 from modelplane_operator.render import GPU_RESOURCE
 
 Object = dict[str, Any]
@@ -206,19 +205,6 @@ def rollout_state(deployment: Object | None) -> RolloutState:
     )
 
 
-def autoscaled_desired(hpa: Object, current: int) -> int:
-    """The replicas an HPA wants: its `desiredReplicas` once it has reported (it has conditions
-    then), before that the floor it is about to enforce; never outside [minReplicas, maxReplicas].
-    The Deployment's own `replicas` lags: the HPA writes it only when it next acts."""
-    spec = hpa.get("spec") or {}
-    status = hpa.get("status") or {}
-    low = int(spec.get("minReplicas") or 1)
-    high = int(spec.get("maxReplicas") or max(low, current))
-    reported = bool(status.get("conditions")) and status.get("desiredReplicas") is not None
-    wanted = int(status["desiredReplicas"]) if reported else current
-    return min(max(wanted, low), high)
-
-
 def _with_desired(rollout: RolloutState, desired: int) -> RolloutState:
     """The rollout measured against the autoscaler's desired count rather than the Deployment's."""
     if desired == rollout.desired:
@@ -277,14 +263,17 @@ def observe(
     pods: list[Object],
     suspended: bool,
     autoscaling_wanted: bool,
-    hpa: Object | None,
-    monitoring_wanted: bool,
-    monitoring_skipped: bool,
+    autoscaler: Object | None,
+    autoscaler_problem: tuple[str, str] | None = None,
+    monitoring_wanted: tuple[ChildKind, ...] = (),
+    skipped: tuple[ChildKind, ...] = (),
 ) -> Observed:
-    """Conditions and replica counts from the live Deployment, pods and HPA."""
+    """Conditions and replica counts from the live Deployment, pods and autoscaler (an HPA or a
+    ScaledObject). `monitoring_wanted`: the monitoring kinds the spec asks for; `skipped`: the
+    kinds left out because their CRD is missing."""
     rollout = rollout_state(deployment)
-    if autoscaling_wanted and not suspended and hpa is not None and rollout.exists:
-        rollout = _with_desired(rollout, autoscaled_desired(hpa, rollout.desired))
+    if autoscaling_wanted and not suspended and autoscaler is not None and rollout.exists:
+        rollout = _with_desired(rollout, autoscaled_desired(autoscaler, rollout.desired))
     failure = pods_failure(pods)
     if failure is not None:
         pods_healthy = Condition(PODS_HEALTHY, "False", failure.reason, failure.message)
@@ -294,8 +283,13 @@ def observe(
         _ready_condition(rollout, failure, suspended),
         _progressing_condition(rollout),
         pods_healthy,
-        _autoscaler_condition(suspended, autoscaling_wanted, hpa),
-        _monitoring_condition(monitoring_wanted, monitoring_skipped),
+        autoscaler_condition(
+            wanted=autoscaling_wanted,
+            suspended=suspended,
+            autoscaler=autoscaler,
+            problem=autoscaler_problem,
+        ),
+        _monitoring_condition(monitoring_wanted, skipped),
     ]
     return Observed(
         conditions=conditions,
@@ -306,89 +300,24 @@ def observe(
     )
 
 
-def _autoscaler_condition(suspended: bool, wanted: bool, hpa: Object | None) -> Condition:
-    if not wanted:
-        return Condition(AUTOSCALER_READY, "True", "NotRequested", "spec.autoscaling is not set")
-    if suspended:
-        return Condition(AUTOSCALER_READY, "True", "Suspended", "no autoscaler while suspended")
-    if hpa is None:
-        return Condition(AUTOSCALER_READY, "Unknown", "Creating", "the HPA does not exist yet")
-    by_type = {item.get("type"): item for item in (hpa.get("status") or {}).get("conditions") or []}
-    for condition_type in ("AbleToScale", "ScalingActive"):
-        item = by_type.get(condition_type)
-        if item is not None and item.get("status") == "False":
-            message = item.get("message", "")
-            reason, words = missing_metric(message) or (
-                item.get("reason") or condition_type,
-                message,
-            )
-            return Condition(AUTOSCALER_READY, "False", reason, words)
-    active = by_type.get("ScalingActive")
-    if active is None:
-        return Condition(AUTOSCALER_READY, "Unknown", "Pending", "the HPA has not reported yet")
-    return Condition(
-        AUTOSCALER_READY, "True", active.get("reason") or "ScalingActive", active.get("message", "")
-    )
+_APPLIED_REASONS = {
+    (SERVICE_MONITOR,): "ServiceMonitorApplied",
+    (PROMETHEUS_RULE,): "PrometheusRuleApplied",
+    (SERVICE_MONITOR, PROMETHEUS_RULE): "MonitoringApplied",
+}
 
 
-METRICS_API_MISSING = "MetricsAPIMissing"
-METRICS_API_UNAVAILABLE = "MetricsAPIUnavailable"
-METRIC_MISSING = "MetricMissing"
-_NO_SERIES = (
-    "Prometheus returned no series for {metric} on this ModelDeployment's pods: is the server "
-    "scraped (MonitoringReady) and does the adapter have a rule for it?"
-)
-_METRIC_NAME = re.compile(r"unable to get metric (\S+?):")
-# What the HPA controller (and the adapter behind it) write when the metric cannot be read, and
-# what that means for a user: (substring of the HPA's message, reason, words).
-_METRIC_FAILURES = (
-    (
-        "no custom metrics API (custom.metrics.k8s.io) registered",
-        METRICS_API_MISSING,
-        "no adapter serves custom.metrics.k8s.io: install a metrics adapter (e.g. "
-        "prometheus-adapter) with the rules in docs/dataplane.md",
-    ),
-    (
-        "the server is currently unable to handle the request",
-        METRICS_API_UNAVAILABLE,
-        "the adapter behind custom.metrics.k8s.io does not answer",
-    ),
-    (
-        "could not find the metric",
-        METRIC_MISSING,
-        _NO_SERIES,
-    ),
-    (
-        "no metrics returned from custom metrics API",
-        METRIC_MISSING,
-        _NO_SERIES,
-    ),
-)
-
-
-def missing_metric(hpa_message: str) -> tuple[str, str] | None:
-    """(reason, words) when the HPA cannot read its metric for a known cause, else None.
-
-    The HPA's own message follows the words, so nothing it said is lost.
-    """
-    for needle, reason, words in _METRIC_FAILURES:
-        if needle in hpa_message:
-            found = _METRIC_NAME.search(hpa_message)
-            metric = found.group(1) if found else "the metric"
-            return reason, f"{words.format(metric=metric)} (HPA: {hpa_message})"
-    return None
-
-
-def _monitoring_condition(wanted: bool, skipped: bool) -> Condition:
+def _monitoring_condition(
+    wanted: tuple[ChildKind, ...], skipped: tuple[ChildKind, ...]
+) -> Condition:
     if not wanted:
         return Condition(
             MONITORING_READY, "True", "Disabled", "spec.monitoring.serviceMonitor is false"
         )
-    if skipped:
-        return Condition(
-            MONITORING_READY,
-            "False",
-            "CRDNotInstalled",
-            SERVICE_MONITOR.absent(),
-        )
-    return Condition(MONITORING_READY, "True", "ServiceMonitorApplied", "the ServiceMonitor exists")
+    missing = [kind for kind in wanted if kind in skipped]
+    if missing:
+        words = "; ".join(kind.absent() for kind in missing)
+        return Condition(MONITORING_READY, "False", "CRDNotInstalled", words)
+    exist = " and the ".join(kind.kind for kind in wanted)
+    verb = "exists" if len(wanted) == 1 else "exist"
+    return Condition(MONITORING_READY, "True", _APPLIED_REASONS[wanted], f"the {exist} {verb}")

@@ -37,7 +37,12 @@ from modelplane_operator.kinds import WATCHED_KINDS
 from modelplane_operator.kube import Kube
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.reconcile import Reads, Reconciler
-from modelplane_operator.render import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
+from modelplane_operator.render import (
+    FIELD_MANAGER,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    RenderOptions,
+)
 from modelplane_operator.settings import OperatorSettings, kopf_settings
 
 registry = kopf.OperatorRegistry()
@@ -97,6 +102,9 @@ async def startup(memo: Any, logger: Any, **_: Any) -> None:
         workers=settings.workers,
         debounce_seconds=settings.debounce_seconds,
         retry_delay_seconds=settings.retry_delay_seconds,
+        options=RenderOptions(
+            prometheus_url=settings.prometheus_url, rule_labels=settings.rule_labels
+        ),
     )
     context.tasks.append(asyncio.create_task(context.reconciler.run()))
     context.tasks.append(asyncio.create_task(_resync_forever(context, logger)))

@@ -54,6 +54,16 @@ SERVICE_MONITOR = ChildKind(
     watched=False,
     crd=f"servicemonitors.{PROMETHEUS_OPERATOR_GROUP}",
 )
+PROMETHEUS_RULE = ChildKind(
+    f"{PROMETHEUS_OPERATOR_GROUP}/v1",
+    "PrometheusRule",
+    "prometheusrules",
+    watched=False,
+    crd=f"prometheusrules.{PROMETHEUS_OPERATOR_GROUP}",
+)
+SCALED_OBJECT = ChildKind(
+    "keda.sh/v1alpha1", "ScaledObject", "scaledobjects", watched=False, crd="scaledobjects.keda.sh"
+)
 # Not a child, but watched: the pods the Deployment makes say how the rollout is going.
 POD = ChildKind("v1", "Pod", "pods", watched=True)
 
@@ -65,6 +75,8 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     POD_DISRUPTION_BUDGET,
     NETWORK_POLICY,
     SERVICE_MONITOR,
+    PROMETHEUS_RULE,
+    SCALED_OBJECT,
 )
 WATCHED_KINDS: tuple[ChildKind, ...] = tuple(kind for kind in (*CHILD_KINDS, POD) if kind.watched)
 OPTIONAL_CRDS: tuple[str, ...] = tuple(kind.crd for kind in CHILD_KINDS if kind.crd is not None)

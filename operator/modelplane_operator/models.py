@@ -28,7 +28,12 @@ from modelplane_operator.object_names import (
     QualifiedName,
     keys_rule,
 )
-from modelplane_operator.server_contract import OWNED_FLAGS, flag_spellings
+from modelplane_operator.server_contract import (
+    E2E_BUCKETS,
+    OWNED_FLAGS,
+    TTFT_BUCKETS,
+    flag_spellings,
+)
 
 GROUP = "modelplane.io"
 VERSION = "v1alpha1"
@@ -57,8 +62,15 @@ MIN_MAX_MESSAGE = (
     "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"
 )
 TARGET_MESSAGE = (
-    "spec.autoscaling needs a target: targetQueueDepth, targetBatchFillPercent or "
-    "targetCPUUtilizationPercent"
+    "spec.autoscaling needs a target: targetQueueDepth, targetBatchFillPercent, "
+    "targetKVCacheUsagePercent or targetCPUUtilizationPercent"
+)
+KEDA_CPU_MESSAGE = (
+    "spec.autoscaling.targetCPUUtilizationPercent needs actuator HPA or Auto: KEDA's fallback, "
+    "which keeps the replicas when Prometheus cannot answer, does not work with CPU triggers"
+)
+SLO_OBJECTIVE_MESSAGE = (
+    "spec.slo needs an objective: availability, timeToFirstToken or endToEndLatency"
 )
 ROLLOUT_MESSAGE = "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0"
 REPLICAS_AUTOSCALING_MESSAGE = (
@@ -366,12 +378,25 @@ class Autoscaling(ApiModel):
             ),
             (
                 "has(self.targetQueueDepth) || has(self.targetBatchFillPercent) || "
-                "has(self.targetCPUUtilizationPercent)",
+                "has(self.targetKVCacheUsagePercent) || has(self.targetCPUUtilizationPercent)",
                 TARGET_MESSAGE,
+            ),
+            (
+                "!(self.actuator == 'KEDA' && has(self.targetCPUUtilizationPercent))",
+                KEDA_CPU_MESSAGE,
             ),
         )
     )
 
+    actuator: Literal["Auto", "HPA", "KEDA"] = Field(
+        default="Auto",
+        description=(
+            "What owns the replica count: an HPA (autoscaling/v2, Pods metrics through a "
+            "custom-metrics adapter), a KEDA ScaledObject (Prometheus triggers; needs KEDA's CRD "
+            "and the operator's Prometheus URL), or Auto: KEDA when both are there and no CPU "
+            "target is set, else the HPA. status.resolved.actuator says which."
+        ),
+    )
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
     target_queue_depth: int | None = Field(
@@ -394,6 +419,17 @@ class Autoscaling(ApiModel):
             "a custom-metrics adapter). A full batch is saturation before latency shows it."
         ),
     )
+    target_kv_cache_usage_percent: int | None = Field(
+        default=None,
+        alias="targetKVCacheUsagePercent",
+        ge=1,
+        le=100,
+        description=(
+            "Average KV-cache usage per replica, in percent: tokens the running sequences hold "
+            "over what the cache can hold (the server's modelplane_kv_cache_usage gauge). Long "
+            "contexts fill the cache before the batch is full."
+        ),
+    )
     target_cpu_utilization_percent: int | None = Field(
         default=None,
         alias="targetCPUUtilizationPercent",
@@ -401,8 +437,14 @@ class Autoscaling(ApiModel):
         le=100,
         description="Average CPU utilization (percent of the request) per replica.",
     )
-    scale_down_stabilization_seconds: int = Field(
-        default=300, ge=0, le=3600, description="How long load must stay low before scaling down."
+    scale_down_stabilization_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description=(
+            "How long load must stay low before scaling down. Unset: three times the measured "
+            "startup time of the pods (status.measuredStartupSeconds), at least 300."
+        ),
     )
 
     @model_validator(mode="after")
@@ -412,10 +454,13 @@ class Autoscaling(ApiModel):
         targets = (
             self.target_queue_depth,
             self.target_batch_fill_percent,
+            self.target_kv_cache_usage_percent,
             self.target_cpu_utilization_percent,
         )
         if all(target is None for target in targets):
             raise ValueError(TARGET_MESSAGE)
+        if self.actuator == "KEDA" and self.target_cpu_utilization_percent is not None:
+            raise ValueError(KEDA_CPU_MESSAGE)
         return self
 
 
@@ -562,6 +607,158 @@ class PodTemplate(ApiModel):
     )
 
 
+PROMETHEUS_DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+PROMETHEUS_LABEL_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+PrometheusDuration = Annotated[str, Field(max_length=32, pattern=PROMETHEUS_DURATION_PATTERN)]
+
+
+class AvailabilityObjective(ApiModel):
+    """The share of API requests answered without a server error (5xx) or a 429."""
+
+    objective: float = Field(
+        ge=50, lt=100, description="Target percentage of good requests, e.g. 99.9."
+    )
+
+
+def _bucket_message(field: str, histogram: str, buckets: tuple[float, ...]) -> str:
+    listed = ", ".join(f"{bound:g}" for bound in buckets)
+    return (
+        f"spec.slo.{field}.thresholdSeconds must be a bucket bound of the server's {histogram} "
+        f"histogram: {listed}"
+    )
+
+
+def _bucket_rule(message: str, buckets: tuple[float, ...]) -> dict[str, Any]:
+    return _rules((f"self.thresholdSeconds in [{', '.join(map(repr, buckets))}]", message))
+
+
+TTFT_BUCKET_MESSAGE = _bucket_message("timeToFirstToken", "time-to-first-token", TTFT_BUCKETS)
+E2E_BUCKET_MESSAGE = _bucket_message("endToEndLatency", "end-to-end latency", E2E_BUCKETS)
+
+
+class LatencyObjective(ApiModel):
+    """The share of generation requests within a latency threshold. The threshold is one of the
+    server histogram's bucket bounds, so the indicator is exact."""
+
+    objective: float = Field(
+        ge=50, lt=100, description="Target percentage of requests within the threshold."
+    )
+    threshold_seconds: float = Field(
+        gt=0, description="The threshold, in seconds: one of the histogram's bucket bounds."
+    )
+
+
+class TimeToFirstTokenObjective(LatencyObjective):
+    """The share of generation requests whose first token came within a threshold."""
+
+    model_config = ConfigDict(json_schema_extra=_bucket_rule(TTFT_BUCKET_MESSAGE, TTFT_BUCKETS))
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeToFirstTokenObjective:
+        if self.threshold_seconds not in TTFT_BUCKETS:
+            raise ValueError(TTFT_BUCKET_MESSAGE)
+        return self
+
+
+class EndToEndLatencyObjective(LatencyObjective):
+    """The share of generation requests finished within a threshold."""
+
+    model_config = ConfigDict(json_schema_extra=_bucket_rule(E2E_BUCKET_MESSAGE, E2E_BUCKETS))
+
+    @model_validator(mode="after")
+    def _check(self) -> EndToEndLatencyObjective:
+        if self.threshold_seconds not in E2E_BUCKETS:
+            raise ValueError(E2E_BUCKET_MESSAGE)
+        return self
+
+
+class BurnRateAlert(ApiModel):
+    """One multi-window burn-rate alert: fires when the error budget burns `factor` times too
+    fast over both windows."""
+
+    severity: Literal["page", "ticket"] = Field(
+        description="page renders severity=critical, ticket severity=warning."
+    )
+    factor: float = Field(gt=0, le=1000, description="Burn rate (1 spends the budget in window).")
+    long_window: PrometheusDuration = Field(description="The long window, e.g. 1h.")
+    short_window: PrometheusDuration = Field(
+        description="The short window (resolves the alert soon after the burn stops), e.g. 5m."
+    )
+
+
+class SLO(ApiModel):
+    """Service level objectives, rendered as a PrometheusRule with multi-window multi-burn-rate
+    alerts (the SRE workbook's method)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.availability) || has(self.timeToFirstToken) || has(self.endToEndLatency)",
+                SLO_OBJECTIVE_MESSAGE,
+            )
+        )
+    )
+
+    availability: AvailabilityObjective | None = Field(
+        default=None,
+        description="Share of API requests answered without a 5xx or a 429 (load shed).",
+    )
+    time_to_first_token: TimeToFirstTokenObjective | None = Field(
+        default=None, description="Share of generation requests with a fast first token."
+    )
+    end_to_end_latency: EndToEndLatencyObjective | None = Field(
+        default=None, description="Share of generation requests finished within a threshold."
+    )
+    window: PrometheusDuration = Field(
+        default="30d", description="The SLO window (for the error budget left)."
+    )
+    min_requests: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="No alert while the long window holds fewer requests than this.",
+    )
+    alert_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Labels added to every alert, for Alertmanager routing (e.g. team: ml).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(k, k.matches('{PROMETHEUS_LABEL_PATTERN}'))",
+                    "message": (
+                        "every key of spec.slo.alertLabels must be a Prometheus label name "
+                        "([a-zA-Z_][a-zA-Z0-9_]*)"
+                    ),
+                }
+            ]
+        },
+    )
+    runbook_url: str | None = Field(
+        default=None, max_length=2048, description="Added to every alert as runbook_url."
+    )
+    burn_rate_alerts: list[BurnRateAlert] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description=(
+            "The alerts' windows and factors. Unset: the SRE workbook's, for a 30-day window: "
+            "page at 14.4x over 1h and 5m, and 6x over 6h and 30m; ticket at 3x over 1d and 2h, "
+            "and 1x over 3d and 6h."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SLO:
+        objectives = (self.availability, self.time_to_first_token, self.end_to_end_latency)
+        if all(objective is None for objective in objectives):
+            raise ValueError(SLO_OBJECTIVE_MESSAGE)
+        for key in self.alert_labels:
+            if not re.match(PROMETHEUS_LABEL_PATTERN, key):
+                raise ValueError(f"spec.slo.alertLabels: {key!r} is not a Prometheus label name")
+        return self
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state: which model to serve, on what hardware, at what scale."""
 
@@ -638,6 +835,13 @@ class ModelDeploymentSpec(ApiModel):
         PodTemplate,
         "Pod-level overrides (the escape hatch): labels, annotations, scheduling, identity.",
     )
+    slo: SLO | None = Field(
+        default=None,
+        description=(
+            "Service level objectives, alerted on by burn rate through a PrometheusRule "
+            "(monitoring.coreos.com/v1; MonitoringReady says when its CRD is missing)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelDeploymentSpec:
@@ -689,6 +893,19 @@ class ResolvedConfig(ApiModel):
         description="Replica count the operator sets (unset when an autoscaler owns it).",
     )
     autoscaler: str | None = Field(default=None, description="The HPA's range, e.g. 1-4.")
+    actuator: Literal["HPA", "KEDA"] | None = Field(
+        default=None, description="What owns the replica count (spec.autoscaling.actuator)."
+    )
+    scale_up_period_seconds: int | None = Field(
+        default=None,
+        description=(
+            "The autoscaler adds at most 100% (or 4 pods) per this period: the measured "
+            "startup time, so it sees new replicas serve before adding more."
+        ),
+    )
+    scale_down_stabilization_seconds: int | None = Field(
+        default=None, description="How long load must stay low before a scale-down."
+    )
     children: list[str] = Field(default_factory=list, description="Child objects as Kind/name.")
 
 
@@ -721,6 +938,13 @@ class ModelDeploymentStatus(ApiModel):
     )
     resolved: ResolvedConfig | None = Field(
         default=None, description="Configuration actually applied."
+    )
+    measured_startup_seconds: int | None = Field(
+        default=None,
+        description=(
+            "Longest time from a current pod's start to Ready (rounded up to 5 s): what a new "
+            "replica takes to serve. The autoscaler's windows derive from it."
+        ),
     )
 
 

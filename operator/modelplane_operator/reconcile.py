@@ -15,6 +15,7 @@ the API.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -27,6 +28,8 @@ from lightkube import ApiError
 from pydantic import ValidationError
 
 from modelplane_operator import metrics
+from modelplane_operator.autoscaler_conditions import PROMETHEUS_URL_MISSING, startup_seconds
+from modelplane_operator.autoscaling import round_up_startup
 from modelplane_operator.conditions import READY, Condition, find, merge_conditions
 from modelplane_operator.diagnose import FAILURE_REASONS, INVALID_SPEC, observe
 from modelplane_operator.kinds import (
@@ -35,6 +38,9 @@ from modelplane_operator.kinds import (
     HORIZONTAL_POD_AUTOSCALER,
     OPTIONAL_CRDS,
     POD,
+    PROMETHEUS_RULE,
+    SCALED_OBJECT,
+    SERVICE_MONITOR,
     ChildKind,
     child_key,
     kind_of,
@@ -46,6 +52,7 @@ from modelplane_operator.render import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     Owner,
+    Rendered,
     RenderOptions,
     render,
     selector_labels,
@@ -73,6 +80,7 @@ STATUS_FIELDS = (
     "selector",
     "url",
     "resolved",
+    "measuredStartupSeconds",
 )
 
 
@@ -213,6 +221,21 @@ async def _delete_unwanted(
                 outcome.deleted.append(f"{kind.kind}/{name}")
 
 
+def _autoscaler_problem(rendered: Rendered) -> tuple[str, str] | None:
+    """Why the autoscaler the spec asks for was not rendered, if it was not."""
+    plan = rendered.autoscaler
+    if plan is not None and plan.problem is not None:
+        return PROMETHEUS_URL_MISSING, plan.problem
+    if SCALED_OBJECT in rendered.skipped:
+        return "CRDNotInstalled", SCALED_OBJECT.absent()
+    return None
+
+
+def _monitoring_wanted(spec: ModelDeploymentSpec) -> tuple[ChildKind, ...]:
+    wanted = (SERVICE_MONITOR,) if spec.monitoring.service_monitor else ()
+    return wanted + ((PROMETHEUS_RULE,) if spec.slo is not None else ())
+
+
 async def reconcile(
     kube: Kube,
     body: Object,
@@ -220,8 +243,12 @@ async def reconcile(
     reads: Reads = Reads.API,
     *,
     defer_status: bool = False,
+    options: RenderOptions = RenderOptions(),  # noqa: B008 - frozen, so safe to share
 ) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec.
+
+    `options`: the operator's settings that change what is rendered (Prometheus URL, rule
+    labels); the cluster's facts (installed CRDs) and the measured startup time are added here.
 
     `defer_status`: when this reconcile had to write children, leave status to the next one
     (`Outcome.status_deferred`), which sees what the controllers made of them; a burst of new
@@ -245,7 +272,12 @@ async def reconcile(
 
     owner = Owner(name=name, namespace=namespace, uid=metadata.get("uid"))
     installed = frozenset([crd for crd in OPTIONAL_CRDS if await kube.crd_installed(crd)])
-    rendered = render(owner, spec, RenderOptions(installed_crds=installed))
+    measured = (body.get("status") or {}).get("measuredStartupSeconds")
+    rendered = render(
+        owner,
+        spec,
+        dataclasses.replace(options, installed_crds=installed, measured_startup_seconds=measured),
+    )
     outcome = Outcome(ready="Unknown", reason="")
 
     live_children = await _apply_children(kube, rendered.children, outcome, reads)
@@ -262,10 +294,13 @@ async def reconcile(
         pods=pods,
         suspended=spec.suspend,
         autoscaling_wanted=spec.autoscaling is not None,
-        hpa=live_children.get((HORIZONTAL_POD_AUTOSCALER.kind, name)),
-        monitoring_wanted=spec.monitoring.service_monitor,
-        monitoring_skipped=rendered.service_monitor_skipped,
+        autoscaler=live_children.get((HORIZONTAL_POD_AUTOSCALER.kind, name))
+        or live_children.get((SCALED_OBJECT.kind, name)),
+        autoscaler_problem=_autoscaler_problem(rendered),
+        monitoring_wanted=_monitoring_wanted(spec),
+        skipped=rendered.skipped,
     )
+    startup = startup_seconds(pods)
     conditions = merge_conditions(previous, observed.conditions, generation, now())
     status: Object = {
         "observedGeneration": generation,
@@ -280,6 +315,10 @@ async def reconcile(
         "url": service_url(owner, spec.service.port),
         "resolved": rendered.resolved.model_dump(by_alias=True, exclude_none=True),
     }
+    # Kept while no pod is ready to measure; absent until one has been (null is not an integer).
+    measured_now = measured if startup is None else round_up_startup(startup)
+    if measured_now is not None:
+        status["measuredStartupSeconds"] = measured_now
     outcome.status_written = await _write_status(kube, body, status)
     ready = find(conditions, READY) or {}
     outcome.ready = ready.get("status", "Unknown")
@@ -323,8 +362,10 @@ class Reconciler:
         workers: int = 16,
         debounce_seconds: float = 0.0,
         retry_delay_seconds: float = 5.0,
+        options: RenderOptions = RenderOptions(),  # noqa: B008 - frozen, so safe to share
     ) -> None:
         self.kube = kube
+        self._options = options
         self._workers = workers
         self._debounce = debounce_seconds
         self._retry_delay = retry_delay_seconds
@@ -436,7 +477,9 @@ class Reconciler:
         key = (metadata["namespace"], metadata["name"])
         started = time.perf_counter()
         try:
-            outcome = await reconcile(self.kube, body, reads=reads, defer_status=defer_status)
+            outcome = await reconcile(
+                self.kube, body, reads=reads, defer_status=defer_status, options=self._options
+            )
         except InvalidSpecError:
             metrics.record_reconcile(key, "invalid", time.perf_counter() - started, ready="False")
             raise

@@ -10,6 +10,7 @@ cluster; `to_dict()` then drops every unset field, so we send only the fields we
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -17,17 +18,6 @@ from lightkube.models.apps_v1 import (
     DeploymentSpec,
     DeploymentStrategy,
     RollingUpdateDeployment,
-)
-from lightkube.models.autoscaling_v2 import (
-    CrossVersionObjectReference,
-    HorizontalPodAutoscalerBehavior,
-    HorizontalPodAutoscalerSpec,
-    HPAScalingRules,
-    MetricIdentifier,
-    MetricSpec,
-    MetricTarget,
-    PodsMetricSource,
-    ResourceMetricSource,
 )
 from lightkube.models.core_v1 import (
     Affinity,
@@ -69,8 +59,16 @@ from lightkube.models.networking_v1 import (
 )
 from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
 
-from modelplane_operator import server_contract
-from modelplane_operator.kinds import SERVICE_MONITOR, ChildKind, kind_of
+from modelplane_operator import autoscaling as autoscaling_plan
+from modelplane_operator import server_contract, slo_rules
+from modelplane_operator.autoscaling import Actuator, Windows
+from modelplane_operator.kinds import (
+    PROMETHEUS_RULE,
+    SCALED_OBJECT,
+    SERVICE_MONITOR,
+    ChildKind,
+    kind_of,
+)
 from modelplane_operator.models import (
     API_VERSION,
     KIND,
@@ -94,6 +92,10 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SERVER_CONTAINER = "server"
 MODEL_VOLUME = "model"
 MODEL_MOUNT = "/models"
+PROMETHEUS_URL_MISSING = (
+    "actuator KEDA needs the operator's Prometheus URL (chart value prometheus.url, "
+    "MODELPLANE_OPERATOR_PROMETHEUS_URL) for its triggers; no ScaledObject was created"
+)
 HF_TOKEN_KEY = "token"  # noqa: S105 - the name of a Secret key, not a secret
 
 # Startup budget: time to start CUDA, load the weights and warm up. Loading shards spreads over the
@@ -125,6 +127,21 @@ class RenderOptions:
     (children of a kind whose CRD is missing are left out, and `Rendered.skipped` says so)."""
 
     installed_crds: frozenset[str] = frozenset()
+    # The Prometheus HTTP API KEDA's triggers query (operator setting prometheusUrl).
+    prometheus_url: str | None = None
+    # Labels on every PrometheusRule, for the Prometheus' ruleSelector.
+    rule_labels: Mapping[str, str] = field(default_factory=dict)
+    # status.measuredStartupSeconds: the autoscaler's windows derive from it.
+    measured_startup_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class AutoscalerPlan:
+    """Which actuator owns the replicas and its timing; `problem` when it cannot be rendered."""
+
+    actuator: Actuator
+    windows: Windows
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,7 @@ class Rendered:
     resolved: ResolvedConfig
     # Kinds the spec asks for whose CRD is not installed.
     skipped: tuple[ChildKind, ...] = ()
+    autoscaler: AutoscalerPlan | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -516,58 +534,33 @@ def render_service(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
     return _manifest("v1", "Service", _metadata(owner), service)
 
 
-def _pods_metric(name: str, average: str) -> MetricSpec:
-    """A per-pod average of one of the server's gauges (served by a custom-metrics adapter)."""
-    return MetricSpec(
-        type="Pods",
-        pods=PodsMetricSource(
-            metric=MetricIdentifier(name=name),
-            target=MetricTarget(type="AverageValue", averageValue=average),
-        ),
-    )
-
-
-def render_autoscaler(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
-    """The HPA, when autoscaling is requested and the deployment is not suspended."""
+def render_autoscaler(
+    owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions
+) -> tuple[Manifest | None, AutoscalerPlan | None]:
+    """The HPA or KEDA ScaledObject, when autoscaling is requested and not suspended; with the
+    plan (actuator and windows) for status."""
     autoscaling = spec.autoscaling
     if autoscaling is None or spec.suspend:
-        return None
-    metrics = []
-    if autoscaling.target_queue_depth is not None:
-        metrics.append(
-            _pods_metric(server_contract.QUEUE_DEPTH_METRIC, str(autoscaling.target_queue_depth))
-        )
-    if autoscaling.target_batch_fill_percent is not None:
-        # The gauge is a fraction: 80 % is the quantity 800m.
-        average = f"{autoscaling.target_batch_fill_percent * 10}m"
-        metrics.append(_pods_metric(server_contract.BATCH_FILL_METRIC, average))
-    if autoscaling.target_cpu_utilization_percent is not None:
-        metrics.append(
-            MetricSpec(
-                type="Resource",
-                resource=ResourceMetricSource(
-                    name="cpu",
-                    target=MetricTarget(
-                        type="Utilization",
-                        averageUtilization=autoscaling.target_cpu_utilization_percent,
-                    ),
-                ),
-            )
-        )
-    hpa = HorizontalPodAutoscalerSpec(
-        scaleTargetRef=CrossVersionObjectReference(
-            apiVersion="apps/v1", kind="Deployment", name=owner.name
-        ),
-        minReplicas=autoscaling.min_replicas,
-        maxReplicas=autoscaling.max_replicas,
-        metrics=metrics,
-        behavior=HorizontalPodAutoscalerBehavior(
-            scaleDown=HPAScalingRules(
-                stabilizationWindowSeconds=autoscaling.scale_down_stabilization_seconds
-            )
-        ),
+        return None, None
+    keda_usable = SCALED_OBJECT.crd in options.installed_crds and bool(options.prometheus_url)
+    actuator = autoscaling_plan.choose_actuator(autoscaling, keda_usable)
+    timing = autoscaling_plan.windows(autoscaling, options.measured_startup_seconds)
+    plan = AutoscalerPlan(actuator=actuator, windows=timing)
+    if actuator == "HPA":
+        hpa = autoscaling_plan.hpa_spec(owner.name, autoscaling, timing)
+        return _manifest("autoscaling/v2", "HorizontalPodAutoscaler", _metadata(owner), hpa), plan
+    if not options.prometheus_url:
+        return None, AutoscalerPlan(actuator, timing, problem=PROMETHEUS_URL_MISSING)
+    scaled = autoscaling_plan.scaled_object_spec(
+        owner.name, owner.namespace, autoscaling, timing, options.prometheus_url
     )
-    return _manifest("autoscaling/v2", "HorizontalPodAutoscaler", _metadata(owner), hpa)
+    manifest = {
+        "apiVersion": SCALED_OBJECT.api_version,
+        "kind": SCALED_OBJECT.kind,
+        "metadata": _metadata(owner).to_dict(),
+        "spec": scaled,
+    }
+    return manifest, plan
 
 
 def render_disruption_budget(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
@@ -624,6 +617,25 @@ def render_service_monitor(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
     }
 
 
+def render_prometheus_rule(
+    owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions
+) -> Manifest | None:
+    """The SLO alerts (spec.slo) as a Prometheus-Operator PrometheusRule; labelled so that the
+    cluster's Prometheus selects it (`options.rule_labels`, the chart's prometheusRule.labels)."""
+    if spec.slo is None:
+        return None
+    metadata = _metadata(owner).to_dict()
+    metadata["labels"] = {**options.rule_labels, **metadata["labels"]}
+    alerts = tuple(spec.slo.burn_rate_alerts or slo_rules.WORKBOOK_ALERTS)
+    groups = slo_rules.render_rule_groups(spec.slo, owner.namespace, owner.name, alerts)
+    return {
+        "apiVersion": PROMETHEUS_RULE.api_version,
+        "kind": PROMETHEUS_RULE.kind,
+        "metadata": metadata,
+        "spec": {"groups": groups},
+    }
+
+
 def render_network_policy(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
     """An ingress-only NetworkPolicy: this namespace plus the allowed ones may reach the server."""
     if not spec.network_policy.enabled:
@@ -657,18 +669,19 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
         render_deployment(owner, spec, placement, budget),
         render_service(owner, spec),
     ]
+    autoscaler, plan = render_autoscaler(owner, spec, options)
     optional = (
-        render_autoscaler(owner, spec),
+        autoscaler,
         render_disruption_budget(owner, spec),
         render_network_policy(owner, spec),
+        render_service_monitor(owner, spec) if spec.monitoring.service_monitor else None,
+        render_prometheus_rule(owner, spec, options),
     )
     children += [child for child in optional if child is not None]
-    if spec.monitoring.service_monitor:
-        children.append(render_service_monitor(owner, spec))
     children, skipped = _installed_only(children, options.installed_crds)
-    autoscaler = None
+    autoscaler_range = None
     if spec.autoscaling is not None and not spec.suspend:
-        autoscaler = f"{spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas}"
+        autoscaler_range = f"{spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas}"
     resolved = ResolvedConfig(
         image=spec.image,
         gpu=ResolvedGPU(type=spec.accelerator.type, count=spec.accelerator.count),
@@ -680,10 +693,15 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
             spec.server.drain_timeout_seconds
         ),
         desired_replicas=desired_replicas(spec),
-        autoscaler=autoscaler,
+        autoscaler=autoscaler_range,
+        actuator=None if plan is None else plan.actuator,
+        scale_up_period_seconds=None if plan is None else plan.windows.scale_up_period_seconds,
+        scale_down_stabilization_seconds=(
+            None if plan is None else plan.windows.scale_down_stabilization_seconds
+        ),
         children=[f"{child['kind']}/{child['metadata']['name']}" for child in children],
     )
-    return Rendered(children=children, resolved=resolved, skipped=skipped)
+    return Rendered(children=children, resolved=resolved, skipped=skipped, autoscaler=plan)
 
 
 def _installed_only(

@@ -21,6 +21,21 @@ METRIC_PREFIX = "modelplane_"
 QUEUE_DEPTH_METRIC = "modelplane_queue_depth"
 # Running sequences / --max-batch-size, 0..1.
 BATCH_FILL_METRIC = "modelplane_batch_fill"
+# Running sequences' tokens in the KV cache / what it can hold (--max-batch-size x context), 0..1.
+KV_CACHE_USAGE_METRIC = "modelplane_kv_cache_usage"
+# The SLO indicators: HTTP requests by route and status; two latency histograms and their bounds.
+HTTP_REQUESTS_METRIC = "modelplane_http_requests_total"
+UNAVAILABLE_STATUS_PATTERN = "5..|429"
+TTFT_HISTOGRAM = "modelplane_time_to_first_token_seconds"
+E2E_HISTOGRAM = "modelplane_e2e_request_latency_seconds"
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+E2E_BUCKETS = (
+    0.001, 0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
 ENV_PREFIX = "MODELPLANE_"
 
 # Endpoints must be removed from the Service before the server stops admitting work.

@@ -51,6 +51,20 @@ class OperatorSettings(BaseSettings):
     watch_backoff_seconds: float = Field(
         default=1.0, gt=0, description="Pause before kopf re-opens a failed watch."
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description=(
+            "The Prometheus HTTP API (e.g. http://prometheus.monitoring.svc:9090) that KEDA "
+            "ScaledObjects' triggers query; without it autoscaling uses the HPA."
+        ),
+    )
+    rule_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Labels on every PrometheusRule (JSON), matched by the Prometheus' ruleSelector, "
+            'e.g. {"release": "kube-prometheus-stack"}.'
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the operator (`run --verbose` means debug)."
     )

@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane_operator.conditions import Condition, merge_conditions
-from modelplane_operator.diagnose import (
-    FAILURE_REASONS,
+from modelplane_operator.autoscaler_conditions import (
+    KEDA_FALLBACK,
     METRIC_MISSING,
     METRICS_API_MISSING,
     METRICS_API_UNAVAILABLE,
+    PROMETHEUS_URL_MISSING,
 )
+from modelplane_operator.conditions import Condition, merge_conditions
+from modelplane_operator.diagnose import FAILURE_REASONS
 
 from testsupport import ARGOCD_HEALTH_LUA, ROOT, argocd_health
 
@@ -63,7 +65,14 @@ CASES = [
             ),
             "Degraded",
         )
-        for reason in (METRICS_API_MISSING, METRICS_API_UNAVAILABLE, METRIC_MISSING)
+        for reason in (
+            METRICS_API_MISSING,
+            METRICS_API_UNAVAILABLE,
+            METRIC_MISSING,
+            KEDA_FALLBACK,
+            PROMETHEUS_URL_MISSING,
+            "CRDNotInstalled",
+        )
     ],
     (
         "Serving+MonitoringCRDNotInstalled",

@@ -207,6 +207,31 @@ def test_rbac_covers_exactly_what_the_operator_writes(
     assert not can("update", "deployments.apps")  # server-side apply patches; it never updates
 
 
+def test_prometheus_url_and_rule_labels_reach_the_operators_settings(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The values become environment variables the operator's own settings class parses."""
+    from modelplane_operator.settings import OperatorSettings
+
+    result = run_helm(
+        helm, "template", "t", str(CHART),
+        "--set", "prometheus.url=http://prometheus-operated.monitoring.svc:9090",
+        "--set", "prometheusRule.labels.release=kube-prometheus-stack",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    for item in container["env"]:
+        monkeypatch.setenv(item["name"], item["value"])
+    settings = OperatorSettings()
+    assert settings.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
+    assert settings.rule_labels == {"release": "kube-prometheus-stack"}
+    bad = run_helm(helm, "template", "t", str(CHART), "--set", "prometheus.url=prometheus:9090")
+    assert bad.returncode != 0
+
+
 def chart_with_a_new_field(destination: Path) -> Path:
     """A copy of the chart whose CRD has one more spec field, as a next release's would."""
     shutil.copytree(CHART, destination)

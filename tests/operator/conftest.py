@@ -23,6 +23,10 @@ from testsupport import Cluster, operator_thread
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
 TEST_NAMESPACES = "test-*"
+# Rendered into KEDA ScaledObjects; no Prometheus answers there in the k8s tier (nor need it: KEDA
+# itself does not run, the apiserver validates what the operator renders against KEDA's CRD).
+PROMETHEUS_URL = "http://prometheus.monitoring.svc:9090"
+RULE_LABELS = {"release": "modelplane-tests"}
 
 
 @pytest.fixture(scope="session")
@@ -43,5 +47,10 @@ class RunningOperator:
 @pytest.fixture(scope="module")
 def running_operator(cluster: Cluster, modeldeployment_crd: None) -> Iterator[RunningOperator]:
     # Only test-*: ModelDeployments outside the tests' namespaces (a demo's) are not ours.
-    with operator_thread(cluster.kubeconfig, [TEST_NAMESPACES]) as context:
+    with operator_thread(
+        cluster.kubeconfig,
+        [TEST_NAMESPACES],
+        prometheus_url=PROMETHEUS_URL,
+        rule_labels=RULE_LABELS,
+    ) as context:
         yield RunningOperator(settings=context.settings, context=context)

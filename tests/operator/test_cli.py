@@ -29,7 +29,7 @@ def test_render_can_assume_the_prometheus_operator(capsys: pytest.CaptureFixture
     arguments = ["render", "-f", str(SAMPLES / "full.yaml"), "--assume-prometheus-operator"]
     assert cli.main(arguments) == 0
     kinds = [doc["kind"] for doc in yaml.safe_load_all(capsys.readouterr().out)]
-    assert kinds[-1] == "ServiceMonitor"
+    assert kinds[-2:] == ["ServiceMonitor", "PrometheusRule"]
 
 
 def test_render_refuses_an_invalid_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from modelplane_operator.diagnose import (
     observe,
     pods_failure,
 )
+from modelplane_operator.kinds import PROMETHEUS_RULE, SERVICE_MONITOR
 
 
 def pod(name: str, **status: Any) -> dict[str, Any]:
@@ -146,9 +147,7 @@ def conditions_of(**kwargs: Any) -> dict[str, tuple[str, str]]:
         "pods": [],
         "suspended": False,
         "autoscaling_wanted": False,
-        "hpa": None,
-        "monitoring_wanted": False,
-        "monitoring_skipped": False,
+        "autoscaler": None,
         **kwargs,
     }
     observed = observe(**arguments)
@@ -221,9 +220,9 @@ def test_autoscaler_and_monitoring_conditions() -> None:
     conditions = conditions_of(
         deployment=deployment(1, 1),
         autoscaling_wanted=True,
-        hpa=hpa,
-        monitoring_wanted=True,
-        monitoring_skipped=True,
+        autoscaler=hpa,
+        monitoring_wanted=(SERVICE_MONITOR,),
+        skipped=(SERVICE_MONITOR,),
     )
     assert conditions["AutoscalerReady"] == ("False", "FailedGetPodsMetric")
     assert conditions["MonitoringReady"] == ("False", "CRDNotInstalled")
@@ -265,9 +264,7 @@ def test_a_missing_metric_is_said_in_words_with_the_hpas_message(
         pods=[],
         suspended=False,
         autoscaling_wanted=True,
-        hpa=hpa_failing(HPA_PREFIX + cause),
-        monitoring_wanted=False,
-        monitoring_skipped=False,
+        autoscaler=hpa_failing(HPA_PREFIX + cause),
     )
     (condition,) = [c for c in observed.conditions if c.type == "AutoscalerReady"]
     assert (condition.status, condition.reason) == ("False", reason)
@@ -294,9 +291,7 @@ def test_desired_replicas_under_an_hpa_are_the_hpas(
         pods=[],
         suspended=False,
         autoscaling_wanted=True,
-        hpa=hpa,
-        monitoring_wanted=False,
-        monitoring_skipped=False,
+        autoscaler=hpa,
     )
     assert observed.desired_replicas == desired
     ready = next(c for c in observed.conditions if c.type == "Ready")
@@ -314,9 +309,7 @@ def test_transition_time_kept_while_status_unchanged() -> None:
             pods=[],
             suspended=False,
             autoscaling_wanted=False,
-            hpa=None,
-            monitoring_wanted=False,
-            monitoring_skipped=False,
+            autoscaler=None,
         ).conditions
 
     before = merge_conditions([], observed(0), 1, "2026-01-01T00:00:00Z")
@@ -325,3 +318,23 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     after = {c["type"]: c for c in merge_conditions(before, observed(1), 1, "T2")}
     assert after["Ready"]["lastTransitionTime"] == "T2"
     assert after["PodsHealthy"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("wanted", "skipped", "expected"),
+    [
+        ((), (), ("True", "Disabled")),
+        ((SERVICE_MONITOR,), (), ("True", "ServiceMonitorApplied")),
+        ((PROMETHEUS_RULE,), (), ("True", "PrometheusRuleApplied")),
+        ((SERVICE_MONITOR, PROMETHEUS_RULE), (), ("True", "MonitoringApplied")),
+        ((SERVICE_MONITOR, PROMETHEUS_RULE), (PROMETHEUS_RULE,), ("False", "CRDNotInstalled")),
+        ((SERVICE_MONITOR,), (PROMETHEUS_RULE,), ("True", "ServiceMonitorApplied")),
+    ],
+)
+def test_monitoring_ready_covers_every_monitoring_kind_the_spec_asks_for(
+    wanted: tuple[Any, ...], skipped: tuple[Any, ...], expected: tuple[str, str]
+) -> None:
+    conditions = conditions_of(
+        deployment=deployment(1, 1), monitoring_wanted=wanted, skipped=skipped
+    )
+    assert conditions["MonitoringReady"] == expected

@@ -21,13 +21,12 @@ from lightkube.config.kubeconfig import KubeConfig
 from modelplane_operator.kube import Kube
 from modelplane_operator.reconcile import reconcile
 
-from testsupport import Cluster, argocd_health, wait_for
+from testsupport import Cluster, addon_crd, argocd_health, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("running_operator")]
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "crds" / "samples"
-SERVICE_MONITOR_CRD_FILE = Path(__file__).parent / "servicemonitor-crd.yaml"
 H100 = "NVIDIA-H100-80GB-HBM3"
 WRITE_METHODS = frozenset({"create", "replace", "patch", "apply", "delete", "deletecollection"})
 TIMEOUT = 60
@@ -201,7 +200,7 @@ def test_service_monitor_once_the_prometheus_operator_crd_exists(
     wait_condition(
         cluster, namespace, "smollm2", "MonitoringReady", "False", reason="CRDNotInstalled"
     )
-    cluster.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD_FILE))
+    crd = install_crd(cluster, "servicemonitors.monitoring.coreos.com")
     try:
         wait_condition(
             cluster, namespace, "smollm2", "MonitoringReady", "True", reason="ServiceMonitorApplied"
@@ -219,7 +218,117 @@ def test_service_monitor_once_the_prometheus_operator_crd_exists(
             what="ServiceMonitor deleted once monitoring is off",
         )
     finally:
-        cluster.kubectl("delete", "-f", str(SERVICE_MONITOR_CRD_FILE), "--wait=false", check=False)
+        cluster.kubectl("delete", "-f", str(crd), "--wait=false", check=False)
+
+
+def install_crd(cluster: Cluster, name: str) -> Path:
+    """An add-on's real CRD, applied and established; the test deletes it when done."""
+    path = addon_crd(name)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return path
+
+
+def test_keda_scales_when_its_crd_is_installed_and_never_beside_an_hpa(
+    cluster: Cluster, namespace: str, running_operator: Any
+) -> None:
+    """actuator Auto: an HPA without KEDA; a ScaledObject (accepted by KEDA's own CRD schema)
+    once KEDA is installed, and the HPA goes; actuator HPA brings it back. Explicit KEDA without
+    its CRD says so."""
+    body = sample("minimal")
+    body["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4}
+    apply(cluster, namespace, body)
+    wait_for(lambda: get(cluster, namespace, "hpa", "smollm2"), timeout=TIMEOUT, what="the HPA")
+    crd = install_crd(cluster, "scaledobjects.keda.sh")
+    try:
+        scaled = wait_for(
+            lambda: get(cluster, namespace, "scaledobjects.keda.sh", "smollm2"),
+            timeout=TIMEOUT,
+            what="the ScaledObject",
+        )
+        trigger = scaled["spec"]["triggers"][0]
+        assert trigger["metadata"]["serverAddress"] == running_operator.settings.prometheus_url
+        assert trigger["metadata"]["ignoreNullValues"] == "false"
+        assert scaled["spec"]["fallback"]["behavior"] == "currentReplicasIfHigher"
+        wait_for(
+            lambda: get(cluster, namespace, "hpa", "smollm2") is None,
+            timeout=TIMEOUT,
+            what="the HPA gone: one autoscaler per target",
+        )
+        wait_for(
+            lambda: (
+                ((get(cluster, namespace, "modeldeployment", "smollm2") or {}).get("status") or {})
+                .get("resolved", {})
+                .get("actuator")
+                == "KEDA"
+            ),
+            timeout=TIMEOUT,
+            what="status.resolved.actuator KEDA",
+        )
+        # No KEDA controller runs here: it has not reported, and status says exactly that.
+        pending = wait_condition(cluster, namespace, "smollm2", "AutoscalerReady", "Unknown")
+        assert "KEDA has not reported" in pending["message"]
+        # The schema is KEDA's: what it does not know is refused, so what we apply is valid.
+        scaled["spec"]["fallback"]["behavior"] = "scaleToZero"
+        refused = cluster.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input=json.dumps(scaled), check=False
+        )
+        assert refused.returncode != 0
+        assert "spec.fallback.behavior" in refused.stderr
+
+        body["spec"]["autoscaling"]["actuator"] = "HPA"
+        apply(cluster, namespace, body)
+        wait_for(lambda: get(cluster, namespace, "hpa", "smollm2"), timeout=TIMEOUT, what="HPA")
+        wait_for(
+            lambda: get(cluster, namespace, "scaledobjects.keda.sh", "smollm2") is None,
+            timeout=TIMEOUT,
+            what="the ScaledObject gone",
+        )
+    finally:
+        cluster.kubectl("delete", "-f", str(crd), "--wait=true", "--timeout=60s", check=False)
+    body["spec"]["autoscaling"]["actuator"] = "KEDA"
+    apply(cluster, namespace, body)
+    missing = wait_condition(
+        cluster, namespace, "smollm2", "AutoscalerReady", "False", reason="CRDNotInstalled"
+    )
+    assert "scaledobjects.keda.sh is not installed" in missing["message"]
+
+
+def test_slo_alerts_become_a_prometheus_rule_once_its_crd_exists(
+    cluster: Cluster, namespace: str, running_operator: Any
+) -> None:
+    body = sample("minimal")
+    body["spec"]["slo"] = {
+        "availability": {"objective": 99.5},
+        "timeToFirstToken": {"objective": 99, "thresholdSeconds": 2.5},
+    }
+    apply(cluster, namespace, body)
+    missing = wait_condition(
+        cluster, namespace, "smollm2", "MonitoringReady", "False", reason="CRDNotInstalled"
+    )
+    assert "prometheusrules.monitoring.coreos.com is not installed" in missing["message"]
+    crd = install_crd(cluster, "prometheusrules.monitoring.coreos.com")
+    try:
+        wait_condition(
+            cluster, namespace, "smollm2", "MonitoringReady", "True", reason="PrometheusRuleApplied"
+        )
+        rule = get(cluster, namespace, "prometheusrules.monitoring.coreos.com", "smollm2") or {}
+        labels = rule["metadata"]["labels"]
+        assert labels.items() >= running_operator.settings.rule_labels.items()
+        (group,) = rule["spec"]["groups"]
+        alerts = [r for r in group["rules"] if "alert" in r]
+        assert len(alerts) == 8  # two objectives x the workbook's four window pairs
+        del body["spec"]["slo"]
+        apply(cluster, namespace, body)
+        wait_for(
+            lambda: (
+                get(cluster, namespace, "prometheusrules.monitoring.coreos.com", "smollm2") is None
+            ),
+            timeout=TIMEOUT,
+            what="PrometheusRule deleted once the SLO is gone",
+        )
+    finally:
+        cluster.kubectl("delete", "-f", str(crd), "--wait=false", check=False)
 
 
 def test_more_gpus_than_any_node_has_is_insufficient_gpu(cluster: Cluster, namespace: str) -> None:

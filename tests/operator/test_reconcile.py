@@ -31,6 +31,17 @@ UID = "11111111-2222-3333-4444-555555555555"
 Key = tuple[str, str, str]
 
 
+def nulls(value: Any, path: str = "status") -> list[str]:
+    """Where a JSON value holds null."""
+    if value is None:
+        return [path]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in nulls(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in nulls(item, f"{path}[{i}]")]
+    return []
+
+
 class FakeKube:
     """Just enough of `Kube` to run reconcile: objects in a dict, writes in a list."""
 
@@ -93,6 +104,8 @@ class FakeKube:
         return copy.deepcopy(self.body)
 
     async def apply_status(self, name: str, namespace: str, status: dict[str, Any]) -> None:
+        # The CRD's status fields are not nullable: the apiserver refuses a null with a 422.
+        assert not nulls(status), f"status has nulls the apiserver refuses: {nulls(status)}"
         self.body["status"] = copy.deepcopy(status)
         self.writes.append("status")
 

@@ -68,6 +68,23 @@ CASES: dict[str, tuple[ModelDeploymentSpec, RenderOptions]] = {
         RenderOptions(),
     ),
     "embedded-model": (spec_of(model={"uri": "/"}, accelerator={"count": 1}), RenderOptions()),
+    "keda": (
+        spec_of(
+            autoscaling={
+                "maxReplicas": 6,
+                "minReplicas": 2,
+                "targetQueueDepth": 4,
+                "targetBatchFillPercent": 80,
+            },
+            slo={"endToEndLatency": {"objective": 95, "thresholdSeconds": 10}},
+        ),
+        RenderOptions(
+            installed_crds=frozenset(OPTIONAL_CRDS),
+            prometheus_url="http://prometheus.monitoring.svc:9090",
+            rule_labels={"release": "kube-prometheus-stack"},
+            measured_startup_seconds=45,
+        ),
+    ),
 }
 
 
@@ -103,6 +120,7 @@ def test_children_carry_labels_and_a_controller_owner_reference() -> None:
         "PodDisruptionBudget",
         "NetworkPolicy",
         "ServiceMonitor",
+        "PrometheusRule",
     }
     for child in rendered.children:
         metadata = child["metadata"]

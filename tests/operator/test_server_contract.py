@@ -96,3 +96,41 @@ def test_autoscaling_metrics_are_prefixed_and_in_the_contract() -> None:
     for metric in (server_contract.QUEUE_DEPTH_METRIC, server_contract.BATCH_FILL_METRIC):
         assert metric.startswith(server_contract.METRIC_PREFIX)
         assert f"`{metric}`" in CONTRACT
+
+
+def test_the_metrics_the_operator_reads_are_the_servers() -> None:
+    """Both sides: every gauge an autoscaler reads and every series the SLO rules read is one
+    the server exposes, and the latency histograms' bounds (SLO thresholds) are the server's."""
+    from prometheus_client import generate_latest
+
+    from modelplane_server import metrics as server_metrics
+    from modelplane_server.types import EngineStats
+
+    registry = server_metrics.Metrics()
+    registry.stats_source = lambda: EngineStats(
+        waiting=0, running=0, waiting_prompt_tokens=0, steps_total=0,
+        last_step_monotonic=None, max_batch_size=1,
+    )  # fmt: skip
+    registry.http_requests.labels("/v1/completions", "POST", "200").inc()
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for line in generate_latest(registry.registry).decode().splitlines()
+        if not line.startswith("#")
+    }
+    read = {
+        server_contract.QUEUE_DEPTH_METRIC,
+        server_contract.BATCH_FILL_METRIC,
+        server_contract.KV_CACHE_USAGE_METRIC,
+        server_contract.HTTP_REQUESTS_METRIC,
+        f"{server_contract.TTFT_HISTOGRAM}_bucket",
+        f"{server_contract.E2E_HISTOGRAM}_bucket",
+    }
+    assert read <= exposed, read - exposed
+    assert server_contract.TTFT_BUCKETS == server_metrics.TTFT_BUCKETS
+    assert server_contract.E2E_BUCKETS == server_metrics.REQUEST_LATENCY_BUCKETS
+    for metric in (
+        server_contract.QUEUE_DEPTH_METRIC,
+        server_contract.BATCH_FILL_METRIC,
+        server_contract.KV_CACHE_USAGE_METRIC,
+    ):
+        assert f"`{metric}`" in CONTRACT
