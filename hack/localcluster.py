@@ -397,7 +397,9 @@ class LocalCluster:
         if "prometheus" in wanted and bins is not None:
             port = free_port()
             config = data_dir / "prometheus.yml"
-            config.write_text(services.to_json(services.prometheus_config(kubeconfig)))
+            rules = data_dir / "prometheus-rules"
+            rules.mkdir(exist_ok=True)
+            config.write_text(services.to_json(services.prometheus_config(kubeconfig, rules)))
             self._start_command(
                 state,
                 services.prometheus_command(
@@ -407,6 +409,7 @@ class LocalCluster:
             url = f"http://127.0.0.1:{port}"
             self._wait(lambda: _http_ok(f"{url}/-/ready"), "Prometheus ready", timeout, state)
             state.endpoints["prometheus"] = url
+            state.endpoints["prometheus_rules"] = str(rules)
         if "metrics" in wanted and bins is not None:
             port = free_port()
             config = data_dir / "adapter.yml"

@@ -32,6 +32,31 @@ class DataPlane:
     gateway: str  # http://<namespace address>:<port>, Traefik's entry point for the Gateway
     prometheus: str
     kubelet_dir: Path
+    prometheus_rules: Path  # rule files Prometheus loads on POST /-/reload
+
+    def load_rules(self, name: str, groups: list[dict[str, Any]]) -> None:
+        """Load rule groups (a PrometheusRule's spec.groups) into the real Prometheus, as the
+        Prometheus Operator does: a rule file, then a reload; returns once they are evaluated."""
+        (self.prometheus_rules / f"{name}.yaml").write_text(json.dumps({"groups": groups}))
+        # The URL is the data plane's own Prometheus (http on the loopback), never user input.
+        request = urllib.request.Request(f"{self.prometheus}/-/reload", method="POST")  # noqa: S310
+        with DIRECT.open(request, timeout=30) as response:
+            assert response.status == 200
+
+        def loaded() -> bool:
+            with DIRECT.open(f"{self.prometheus}/api/v1/rules", timeout=10) as response:
+                listed = json.load(response)["data"]["groups"]
+            wanted = {group["name"] for group in groups}
+            return wanted <= {group["name"] for group in listed}
+
+        wait_for(loaded, timeout=30, interval=0.5, what=f"Prometheus loading {name}'s rules")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts Prometheus holds now (pending and firing)."""
+        with DIRECT.open(f"{self.prometheus}/api/v1/alerts", timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return list(body["data"]["alerts"])
 
     def kubectl(self, *args: str, **kwargs: Any) -> Any:
         return self.cluster.kubectl(*args, **kwargs)

@@ -38,13 +38,15 @@ class Command:
     env: dict[str, str]
 
 
-def prometheus_config(kubeconfig: Path) -> dict[str, Any]:
+def prometheus_config(kubeconfig: Path, rules: Path) -> dict[str, Any]:
     """Scrape every pod of a ModelDeployment on its `http` port, labelled as the ServiceMonitor the
     operator renders promises: namespace, pod, modeldeployment, variant (`stable` unless the pod's
-    `modelplane.io/variant` label says otherwise)."""
+    `modelplane.io/variant` label says otherwise). Rule files are read from `rules` (what the
+    Prometheus Operator would load from PrometheusRules; tests put them there and reload)."""
     label = "__meta_kubernetes_pod_label_"
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": [str(rules / "*.yaml")],
         "scrape_configs": [
             {
                 "job_name": "modelplane-servers",
@@ -195,6 +197,7 @@ def prometheus_command(binary: Path, config: Path, data: Path, port: int) -> Com
             f"--storage.tsdb.path={data}",
             "--storage.tsdb.retention.time=6h",
             f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",  # POST /-/reload picks up new rule files
             "--log.level=warn",
         ],
         env={},

@@ -40,6 +40,7 @@ def _dataplane(state: localcluster.ClusterState) -> DataPlane:
         gateway=state.endpoints["gateway"],
         prometheus=state.endpoints["prometheus"],
         kubelet_dir=Path(state.endpoints["kubelet_dir"]),
+        prometheus_rules=Path(state.endpoints["prometheus_rules"]),
     )
 
 
@@ -65,7 +66,9 @@ def dataplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
 @pytest.fixture(scope="module")
 def dataplane_operator(dataplane: DataPlane) -> Iterator[handlers.OperatorContext]:
     """The operator, as `modelplane-operator run` runs it, in a thread, watching `test-*`."""
-    with operator_thread(dataplane.cluster.kubeconfig, ["test-*"]) as context:
+    with operator_thread(
+        dataplane.cluster.kubeconfig, ["test-*"], prometheus_url=dataplane.prometheus
+    ) as context:
         yield context
 
 

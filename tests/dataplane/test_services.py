@@ -20,7 +20,7 @@ def snake(key: str) -> str:
 
 
 def test_local_prometheus_relabels_as_the_servicemonitor_promises() -> None:
-    config = services.prometheus_config(Path("/k/kubeconfig"))
+    config = services.prometheus_config(Path("/k/kubeconfig"), Path("/k/rules"))
     (job,) = config["scrape_configs"]
     rules = job["relabel_configs"]
     for rule in METRIC_RELABELINGS:
@@ -39,7 +39,10 @@ def test_promtool_accepts_the_local_prometheus_config(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n")
     config = tmp_path / "prometheus.yml"
-    config.write_text(services.to_json(services.prometheus_config(kubeconfig)))
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "slo.yaml").write_text("groups: [{name: g, rules: [{record: r:x, expr: vector(1)}]}]")
+    config.write_text(services.to_json(services.prometheus_config(kubeconfig, rules)))
     result = subprocess.run(
         [str(promtool), "check", "config", "--syntax-only", str(config)],
         capture_output=True,
