@@ -164,6 +164,8 @@ def autoscaled_desired(autoscaler: Object, current: int) -> int:
     spec = autoscaler.get("spec") or {}
     status = autoscaler.get("status") or {}
     if autoscaler.get("kind") == SCALED_OBJECT.kind:
+        if current == 0 and spec.get("idleReplicaCount") == 0:
+            return 0  # scaled to zero while idle, as asked
         low = int(spec.get("minReplicaCount") or 0)
         high = int(spec.get("maxReplicaCount") or max(low, current))
         return min(max(current, low), high)

@@ -45,6 +45,9 @@ MAX_SCALE_DOWN_SECONDS = 3600  # the HPA's limit on a stabilization window
 SCALE_DOWN_STARTUPS = 3
 SCALE_UP_PODS = 4
 KEDA_POLLING_SECONDS = 15
+# The activation trigger only wakes the deployment: a threshold this high never asks for a replica
+# beyond what the gauges ask for.
+ACTIVATION_ONLY_THRESHOLD = "1000000000"
 KEDA_FAILURES_BEFORE_FALLBACK = 3
 
 
@@ -70,11 +73,10 @@ def windows(autoscaling: Autoscaling, measured_startup_seconds: int | None) -> W
 
 def choose_actuator(autoscaling: Autoscaling, keda_usable: bool) -> Actuator:
     """The actuator `actuator: Auto` resolves to: KEDA when it can work (its CRD installed and a
-    Prometheus URL configured) and no CPU target is set; else the HPA."""
+    Prometheus URL configured) and no CPU or memory target is set; else the HPA."""
     if autoscaling.actuator != "Auto":
         return autoscaling.actuator
-    cpu = autoscaling.target_cpu_utilization_percent is not None
-    return "KEDA" if keda_usable and not cpu else "HPA"
+    return "KEDA" if keda_usable and not autoscaling.resource_targets else "HPA"
 
 
 def behavior(timing: Windows) -> HorizontalPodAutoscalerBehavior:
@@ -126,19 +128,16 @@ def hpa_spec(target: str, autoscaling: Autoscaling, timing: Windows) -> Horizont
     metrics = [
         _pods_metric(metric, quantity) for metric, quantity, _ in _gauge_targets(autoscaling)
     ]
-    if autoscaling.target_cpu_utilization_percent is not None:
-        metrics.append(
-            MetricSpec(
-                type="Resource",
-                resource=ResourceMetricSource(
-                    name="cpu",
-                    target=MetricTarget(
-                        type="Utilization",
-                        averageUtilization=autoscaling.target_cpu_utilization_percent,
-                    ),
-                ),
-            )
+    metrics += [
+        MetricSpec(
+            type="Resource",
+            resource=ResourceMetricSource(
+                name=resource,
+                target=MetricTarget(type="Utilization", averageUtilization=percent),
+            ),
         )
+        for resource, percent in autoscaling.resource_targets.items()
+    ]
     return HorizontalPodAutoscalerSpec(
         scaleTargetRef=CrossVersionObjectReference(
             apiVersion="apps/v1", kind="Deployment", name=target
@@ -178,7 +177,7 @@ def scaled_object_spec(
         }
         for metric, _, threshold in _gauge_targets(autoscaling)
     ]
-    return {
+    spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
         "minReplicaCount": autoscaling.min_replicas,
         "maxReplicaCount": autoscaling.max_replicas,
@@ -194,6 +193,26 @@ def scaled_object_spec(
         },
         "triggers": triggers,
     }
+    zero = autoscaling.scale_to_zero
+    if zero is not None:
+        # Idle: 0 replicas; active: between minReplicaCount and maxReplicaCount.
+        spec["idleReplicaCount"] = 0
+        spec["cooldownPeriod"] = zero.idle_seconds or timing.scale_down_stabilization_seconds
+        triggers.append(
+            {
+                "type": "prometheus",
+                "name": "activation",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": prometheus_url,
+                    "query": zero.activation_query,
+                    "threshold": ACTIVATION_ONLY_THRESHOLD,
+                    "activationThreshold": _threshold(zero.activation_threshold),
+                    "ignoreNullValues": "false",
+                },
+            }
+        )
+    return spec
 
 
 def round_up_startup(seconds: float) -> int:

@@ -63,11 +63,12 @@ MIN_MAX_MESSAGE = (
 )
 TARGET_MESSAGE = (
     "spec.autoscaling needs a target: targetQueueDepth, targetBatchFillPercent, "
-    "targetKVCacheUsagePercent or targetCPUUtilizationPercent"
+    "targetKVCacheUsagePercent, targetCPUUtilizationPercent or targetMemoryUtilizationPercent"
 )
 KEDA_CPU_MESSAGE = (
-    "spec.autoscaling.targetCPUUtilizationPercent needs actuator HPA or Auto: KEDA's fallback, "
-    "which keeps the replicas when Prometheus cannot answer, does not work with CPU triggers"
+    "spec.autoscaling.targetCPUUtilizationPercent and targetMemoryUtilizationPercent need "
+    "actuator HPA or Auto: KEDA's fallback, which keeps the replicas when Prometheus cannot "
+    "answer, does not work with CPU or memory triggers"
 )
 SLO_OBJECTIVE_MESSAGE = (
     "spec.slo needs an objective: availability, timeToFirstToken or endToEndLatency"
@@ -367,6 +368,41 @@ class Accelerator(ApiModel):
         return self
 
 
+SCALE_TO_ZERO_MESSAGE = (
+    "spec.autoscaling.scaleToZero needs actuator KEDA: an HPA cannot scale to zero, and KEDA "
+    "wakes the deployment on scaleToZero.activationQuery"
+)
+
+
+class ScaleToZero(ApiModel):
+    """Opt-in scale to zero (KEDA only). With no replica, no server exposes a metric, so KEDA
+    wakes the deployment on a query that has data with no pod running (your gateway's request
+    rate for this model). Nothing in the cluster holds a request while the first replica starts:
+    the Gateway answers 503 until one is Ready (KEDA's HTTP add-on can queue them instead)."""
+
+    activation_query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL above activationThreshold while requests arrive, with data even when no "
+            'replica runs, e.g. sum(rate(traefik_service_requests_total{service=~"ns-name-.*"}'
+            "[1m]))."
+        ),
+    )
+    activation_threshold: float = Field(
+        default=0, ge=0, description="Wake (and stay awake) while the query is above this."
+    )
+    idle_seconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=86_400,
+        description=(
+            "Scale to zero after this long with no activity (KEDA's cooldownPeriod). Unset: the "
+            "scale-down window."
+        ),
+    )
+
+
 class Autoscaling(ApiModel):
     """A HorizontalPodAutoscaler (autoscaling/v2) owns the replica count."""
 
@@ -378,13 +414,16 @@ class Autoscaling(ApiModel):
             ),
             (
                 "has(self.targetQueueDepth) || has(self.targetBatchFillPercent) || "
-                "has(self.targetKVCacheUsagePercent) || has(self.targetCPUUtilizationPercent)",
+                "has(self.targetKVCacheUsagePercent) || has(self.targetCPUUtilizationPercent) || "
+                "has(self.targetMemoryUtilizationPercent)",
                 TARGET_MESSAGE,
             ),
             (
-                "!(self.actuator == 'KEDA' && has(self.targetCPUUtilizationPercent))",
+                "!(self.actuator == 'KEDA' && (has(self.targetCPUUtilizationPercent) || "
+                "has(self.targetMemoryUtilizationPercent)))",
                 KEDA_CPU_MESSAGE,
             ),
+            ("!has(self.scaleToZero) || self.actuator == 'KEDA'", SCALE_TO_ZERO_MESSAGE),
         )
     )
 
@@ -437,6 +476,22 @@ class Autoscaling(ApiModel):
         le=100,
         description="Average CPU utilization (percent of the request) per replica.",
     )
+    target_memory_utilization_percent: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "Average memory utilization (percent of the request) per replica. A weak signal for a "
+            "model server (weights and the KV cache's buffers dominate); prefer the gauges."
+        ),
+    )
+    scale_to_zero: ScaleToZero | None = Field(
+        default=None,
+        description=(
+            "Opt in to scaling to zero when idle (actuator KEDA only); minReplicas is then the "
+            "floor while active."
+        ),
+    )
     scale_down_stabilization_seconds: int | None = Field(
         default=None,
         ge=0,
@@ -447,6 +502,15 @@ class Autoscaling(ApiModel):
         ),
     )
 
+    @property
+    def resource_targets(self) -> dict[str, int]:
+        """The Resource-metric targets (utilization percent by resource name)."""
+        targets = {
+            "cpu": self.target_cpu_utilization_percent,
+            "memory": self.target_memory_utilization_percent,
+        }
+        return {name: value for name, value in targets.items() if value is not None}
+
     @model_validator(mode="after")
     def _check(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
@@ -456,11 +520,14 @@ class Autoscaling(ApiModel):
             self.target_batch_fill_percent,
             self.target_kv_cache_usage_percent,
             self.target_cpu_utilization_percent,
+            self.target_memory_utilization_percent,
         )
         if all(target is None for target in targets):
             raise ValueError(TARGET_MESSAGE)
-        if self.actuator == "KEDA" and self.target_cpu_utilization_percent is not None:
+        if self.actuator == "KEDA" and self.resource_targets:
             raise ValueError(KEDA_CPU_MESSAGE)
+        if self.scale_to_zero is not None and self.actuator != "KEDA":
+            raise ValueError(SCALE_TO_ZERO_MESSAGE)
         return self
 
 

@@ -44,6 +44,7 @@ def kinds(spec: dict[str, Any], options: RenderOptions) -> set[str]:
         ({}, True, "KEDA"),
         ({}, False, "HPA"),
         ({"targetCPUUtilizationPercent": 70}, True, "HPA"),  # KEDA's fallback cannot hold CPU
+        ({"targetMemoryUtilizationPercent": 80}, True, "HPA"),  # ... nor memory
         ({"actuator": "HPA"}, True, "HPA"),
         ({"actuator": "KEDA"}, False, "KEDA"),
     ],
@@ -199,3 +200,59 @@ def test_startup_is_the_slowest_ready_pods_start_to_ready() -> None:
     assert round_up_startup(61) == 65
     assert round_up_startup(0.2) == 5
     assert startup_seconds([pod("2026-12-07T00:03:00Z", None)]) is None
+
+
+def test_scale_to_zero_is_keda_only_opt_in_and_wakes_on_the_activation_query() -> None:
+    query = 'sum(rate(traefik_service_requests_total{service=~"models-demo-.*"}[1m]))'
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": {"uri": "hf://o/m"},
+            "autoscaling": {
+                "actuator": "KEDA",
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetQueueDepth": 2,
+                "scaleToZero": {"activationQuery": query, "activationThreshold": 0.1},
+            },
+        }
+    )
+    (scaled,) = [
+        c for c in render(OWNER, spec, KEDA_INSTALLED).children if c["kind"] == "ScaledObject"
+    ]
+    body = scaled["spec"]
+    assert body["idleReplicaCount"] == 0
+    assert body["minReplicaCount"] == 1  # the floor while active
+    assert body["cooldownPeriod"] == 300  # the scale-down window, unmeasured startup
+    activation = body["triggers"][-1]
+    assert activation["metadata"]["query"] == query
+    assert activation["metadata"]["activationThreshold"] == "0.1"
+    # Only a wake-up signal: it never asks for more replicas than the gauges do.
+    assert float(activation["metadata"]["threshold"]) >= 1e9
+    # Scaled to zero while idle is what was asked: desired 0, not the floor.
+    idle = {**scaled_object(), "spec": {**scaled_object()["spec"], "idleReplicaCount": 0}}
+    assert autoscaled_desired(idle, 0) == 0
+    assert autoscaled_desired(idle, 1) == 2
+    with pytest.raises(ValueError, match="scaleToZero needs actuator KEDA"):
+        Autoscaling.model_validate(
+            {"maxReplicas": 3, "targetQueueDepth": 2, "scaleToZero": {"activationQuery": "up"}}
+        )
+
+
+def test_cpu_and_memory_targets_are_resource_metrics_of_the_hpa() -> None:
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": {"uri": "hf://o/m"},
+            "autoscaling": {
+                "maxReplicas": 3,
+                "targetCPUUtilizationPercent": 70,
+                "targetMemoryUtilizationPercent": 85,
+            },
+        }
+    )
+    children = render(OWNER, spec, KEDA_INSTALLED).children
+    (hpa,) = [child for child in children if child["kind"] == "HorizontalPodAutoscaler"]
+    resources = {
+        metric["resource"]["name"]: metric["resource"]["target"]["averageUtilization"]
+        for metric in hpa["spec"]["metrics"]
+    }
+    assert resources == {"cpu": 70, "memory": 85}
