@@ -308,6 +308,9 @@ class PodRunner:
             bin_dir=kubelet.config.bin_dir,
         )
         self.ip = ""
+        # When this kubelet took the pod, before anything was pulled or started (status.startTime,
+        # as the kubelet sets it; kept across restarts of the local kubelet by the pod's own).
+        self.start_time = (pod.get("status") or {}).get("startTime") or now()
         self.terminating = False
         self.init_containers: list[Container] = []
         self.containers: list[Container] = []
@@ -497,6 +500,7 @@ class PodRunner:
 
         status: Object = {
             "phase": phase,
+            "startTime": self.start_time,
             "conditions": [
                 condition("PodReadyToStartContainers", bool(self.ip)),
                 condition(

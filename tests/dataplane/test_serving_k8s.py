@@ -75,6 +75,17 @@ def test_embedded_model_is_ready_only_after_its_startup_probe_and_answers_throug
     assert status["started"] is True
     assert status["ready"] is True
     assert status["containerID"].startswith("local://")
+    # What a new replica takes to serve, measured from the pod's start to Ready (the autoscaler's
+    # windows derive from it): the real load of SmolLM2, so more than a few seconds.
+    assert pod["status"]["startTime"]
+    measured = wait_for(
+        lambda: dataplane.get("-n", dp_namespace, "modeldeployment", "smollm2")["status"].get(
+            "measuredStartupSeconds"
+        ),
+        timeout=30,
+        what="status.measuredStartupSeconds",
+    )
+    assert 5 <= measured <= 300
 
     wait_answer(f"{dataplane.gateway}/v1/models", route_host(dp_namespace))
     client = gateway_client(dataplane, route_host(dp_namespace), timeout=120)
