@@ -99,6 +99,9 @@ def _run(namespaces: list[str] | None, verbose: bool) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One INFO line per HTTP request (every Lease renewal, every read) is noise, not a log.
+    for chatty in ("httpx", "httpx2"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     context = handlers.OperatorContext(settings=settings)

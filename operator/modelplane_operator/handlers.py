@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import kopf
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
+from modelplane_operator import metrics
 from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kinds import WATCHED_KINDS
 from modelplane_operator.kube import Kube
+from modelplane_operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.reconcile import Reads, Reconciler
 from modelplane_operator.render import (
@@ -59,6 +61,7 @@ class OperatorContext:
     settings: OperatorSettings
     reconciler: Reconciler | None = None
     client: AsyncClient | None = None
+    leading: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -106,7 +109,23 @@ async def startup(memo: Any, logger: Any, **_: Any) -> None:
             prometheus_url=settings.prometheus_url, rule_labels=settings.rule_labels
         ),
     )
-    context.tasks.append(asyncio.create_task(context.reconciler.run()))
+    if settings.leader_election:
+        elector = LeaderElector(
+            context.client,
+            LeaseConfig(
+                name=settings.lease_name,
+                namespace=settings.lease_namespace,
+                identity=settings.identity,
+                lease_seconds=settings.lease_seconds,
+                renew_deadline_seconds=settings.renew_deadline_seconds,
+                retry_seconds=settings.lease_retry_seconds,
+            ),
+        )
+        context.tasks.append(asyncio.create_task(_lead_forever(context, elector, logger)))
+    else:
+        metrics.LEADER.set(1)
+        context.leading = True
+        context.tasks.append(asyncio.create_task(context.reconciler.run()))
     context.tasks.append(asyncio.create_task(_resync_forever(context, logger)))
 
 
@@ -190,20 +209,52 @@ def _watched(namespace: str, patterns: list[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in patterns)
 
 
-async def _resync_forever(context: OperatorContext, logger: Any) -> None:
+async def _lead_forever(context: OperatorContext, elector: LeaderElector, logger: Any) -> None:
+    """Reconcile only while holding the Lease. Watches run all along (a warm cache); when the
+    Lease cannot be renewed in time the workers are cancelled at once, before another replica may
+    take over, and this replica becomes a candidate again (if the API was only away, it finds the
+    Lease still its own and goes on, without a restart)."""
+    reconciler = context.active
+    identity = elector.config.identity
+    while True:
+        await elector.acquire()
+        context.leading = True
+        metrics.LEADER.set(1)
+        logger.info(f"{identity} leads: reconciling")
+        working = asyncio.create_task(reconciler.run())
+        await _enqueue_all(context, Reads.API, logger)
+        try:
+            await elector.hold()
+        except LeadershipLostError as error:
+            logger.warning(f"{error}: stopped reconciling; a candidate again")
+        finally:
+            context.leading = False
+            metrics.LEADER.set(0)
+            working.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await working
+
+
+async def _enqueue_all(context: OperatorContext, reads: Reads, logger: Any) -> None:
+    """Queue every watched ModelDeployment (the resync, and a new leader's first pass)."""
     patterns = list(context.settings.namespaces)
+    for scope in _listing_scopes(patterns):
+        try:
+            bodies = await context.active.kube.list_model_deployments(scope)
+        except Exception as error:
+            logger.warning(f"could not list ModelDeployments: {error}")
+            continue
+        for body in bodies:
+            metadata = body["metadata"]
+            if _watched(metadata["namespace"], patterns):
+                context.active.enqueue(metadata["namespace"], metadata["name"], reads)
+
+
+async def _resync_forever(context: OperatorContext, logger: Any) -> None:
     while True:
         await asyncio.sleep(context.settings.resync_seconds)
-        for scope in _listing_scopes(patterns):
-            try:
-                bodies = await context.active.kube.list_model_deployments(scope)
-            except ApiError as error:
-                logger.warning(f"resync could not list ModelDeployments: {error}")
-                continue
-            for body in bodies:
-                metadata = body["metadata"]
-                if _watched(metadata["namespace"], patterns):
-                    context.active.enqueue(metadata["namespace"], metadata["name"], Reads.RESYNC)
+        if context.leading:  # a standby's queue would only fill up
+            await _enqueue_all(context, Reads.RESYNC, logger)
 
 
 # aiohttp closes an SSL connection asynchronously after its session closes; a loop closed sooner

@@ -1,9 +1,9 @@
 """The operator's own Prometheus metrics, defined once here.
 
 `modelplane_operator_reconciles_total{result}`, `modelplane_operator_reconcile_errors_total`,
-`modelplane_operator_reconcile_duration_seconds` and `modelplane_operator_model_deployments{ready}`
-(managed ModelDeployments by their Ready condition). `serve()` exposes them on the port the
-settings name.
+`modelplane_operator_reconcile_duration_seconds`, `modelplane_operator_model_deployments{ready}`
+(managed ModelDeployments by their Ready condition) and `modelplane_operator_leader`. `serve()`
+exposes them on the port the settings name.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ MANAGED = Gauge(
     "modelplane_operator_model_deployments",
     "ModelDeployments this operator manages, by the status of their Ready condition.",
     ["ready"],
+)
+LEADER = Gauge(
+    "modelplane_operator_leader",
+    "1 while this replica holds the Lease and reconciles (always 1 without leader election).",
 )
 READY_STATES = ("True", "False", "Unknown")
 

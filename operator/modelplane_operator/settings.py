@@ -8,10 +8,13 @@ the ModelDeployment API) so that nothing kopf might write lands under `kopf.zala
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from typing import Any, Literal
 
 import kopf
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelplane_operator.models import GROUP
@@ -65,9 +68,68 @@ class OperatorSettings(BaseSettings):
             'e.g. {"release": "kube-prometheus-stack"}.'
         ),
     )
+    api_outage_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long failing API requests (watches included) are retried before "
+        "kopf gives up on them.",
+    )
+    leader_election: bool = Field(
+        default=False,
+        description=(
+            "Run as one of several replicas: only the holder of the Lease reconciles "
+            "(the chart turns it on with replicas > 1)."
+        ),
+    )
+    lease_name: str = Field(default="modelplane-operator", description="The Lease's name.")
+    lease_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "default"),
+        description="The Lease's namespace (the operator's own, from POD_NAMESPACE).",
+    )
+    identity: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        description="This replica's name in the Lease (the pod name and a random suffix).",
+    )
+    lease_seconds: float = Field(
+        default=15.0, gt=0, description="How long a Lease not renewed stays its holder's."
+    )
+    renew_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The leader stops reconciling when it could not renew for this long.",
+    )
+    lease_retry_seconds: float = Field(
+        default=2.0, gt=0, description="How often candidates try and the leader renews."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the operator (`run --verbose` means debug)."
     )
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorSettings:
+        # client-go's rule: the leader gives up before anyone may take over, and tries more than
+        # once before it gives up.
+        if not self.lease_retry_seconds < self.renew_deadline_seconds < self.lease_seconds:
+            raise ValueError(
+                "lease timing needs lease_retry_seconds < renew_deadline_seconds < lease_seconds"
+            )
+        return self
+
+
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def api_backoffs(first: float, total: float) -> list[float]:
+    """kopf's retry pauses for a failed API request: doubling from `first` up to 10 s, until they
+    add up to `total`. kopf gives up a watch for good once they run out (except on 429), and an
+    apiserver that just restarted refuses watches with 403 until its RBAC caches are filled (a
+    few seconds), so they must outlast an outage, not a blip."""
+    pauses: list[float] = []
+    pause = first
+    while sum(pauses) < total:
+        pauses.append(pause)
+        pause = min(pause * 2, MAX_BACKOFF_SECONDS)
+    return pauses
 
 
 def kopf_settings(ours: OperatorSettings) -> Any:
@@ -79,6 +141,8 @@ def kopf_settings(ours: OperatorSettings) -> Any:
     )
     # Only problems become Kubernetes Events; successes are logs, not API writes.
     settings.posting.level = logging.WARNING
-    settings.networking.error_backoffs = [ours.watch_backoff_seconds] * 3
+    settings.networking.error_backoffs = api_backoffs(
+        ours.watch_backoff_seconds, ours.api_outage_seconds
+    )
     settings.watching.reconnect_backoff = ours.watch_backoff_seconds
     return settings

@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -224,12 +225,58 @@ def test_prometheus_url_and_rule_labels_reach_the_operators_settings(
         "containers"
     ][0]
     for item in container["env"]:
-        monkeypatch.setenv(item["name"], item["value"])
+        if "value" in item:  # not the downward API's (POD_NAMESPACE)
+            monkeypatch.setenv(item["name"], item["value"])
     settings = OperatorSettings()
     assert settings.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
     assert settings.rule_labels == {"release": "kube-prometheus-stack"}
     bad = run_helm(helm, "template", "t", str(CHART), "--set", "prometheus.url=prometheus:9090")
     assert bad.returncode != 0
+
+
+def rendered(helm: Path, *sets: str) -> list[dict[str, Any]]:
+    arguments = [item for value in sets for item in ("--set", value)]
+    result = run_helm(helm, "template", "t", str(CHART), *arguments)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_two_replicas_elect_a_leader_with_a_pdb_and_spread_over_nodes(helm: Path) -> None:
+    docs = rendered(helm)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    env = {item["name"]: item for item in pod["containers"][0]["env"]}
+    assert env["MODELPLANE_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    lease_name = env["MODELPLANE_OPERATOR_LEASE_NAME"]["value"]
+    spread = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    # The election's rights: that one Lease, in the release's namespace, and nothing more.
+    (role,) = [d for d in docs if d["kind"] == "Role" and "leader" in d["metadata"]["name"]]
+    named = [rule for rule in role["rules"] if rule.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease_name],
+            "verbs": ["get", "update"],
+        }
+    ]
+
+    single = rendered(helm, "replicas=1")
+    deployment = next(d for d in single if d["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    env = {
+        item["name"]: item
+        for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MODELPLANE_OPERATOR_LEADER_ELECTION"]["value"] == "false"
+    assert not [d for d in single if d["kind"] in {"PodDisruptionBudget", "Role"}]
 
 
 def chart_with_a_new_field(destination: Path) -> Path:

@@ -45,3 +45,15 @@ async def test_cluster_wide_events_outside_the_patterns_are_dropped() -> None:
     assert cache.get(API_VERSION, KIND, "demo", "m") is None
     assert cache.get(API_VERSION, KIND, "test-a", "m") is not None
     assert not context.reconciler.idle  # test-a/m is queued
+
+
+def test_failed_api_requests_are_retried_long_enough_to_outlast_an_apiserver_restart() -> None:
+    """kopf gives up a watch for good when its retries run out; right after an apiserver restart
+    watches are refused (403) until RBAC has warmed up, so the retries cover minutes, not 3 s."""
+    from modelplane_operator.settings import OperatorSettings, api_backoffs, kopf_settings
+
+    # Capped at 10 s, so a watch is back within seconds of the apiserver's return.
+    assert api_backoffs(1, 300)[:6] == [1, 2, 4, 8, 10, 10]
+    assert sum(api_backoffs(1, 300)) >= 300
+    settings = kopf_settings(OperatorSettings(api_outage_seconds=120))
+    assert sum(settings.networking.error_backoffs) >= 120
