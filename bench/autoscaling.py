@@ -46,22 +46,8 @@ SCALE_DOWN_SECONDS_MAX = 900
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None) -> str:
-    import subprocess
-
-    result = subprocess.run(
-        [str(common.ROOT / ".venv" / "bin" / "kubectl"), "--kubeconfig", str(kubeconfig), *args],
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return result.stdout
-
-
 def get(kubeconfig: Path, *what: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(kubectl(kubeconfig, "get", "-o", "json", *what))
+    loaded: dict[str, Any] = json.loads(common.kubectl(kubeconfig, "get", "-o", "json", *what))
     return loaded
 
 
@@ -153,12 +139,14 @@ def measure(state: localcluster.ClusterState) -> dict[str, Any]:  # noqa: PLR091
 
     kubeconfig = Path(state.kubeconfig)
     gateway, prom = state.endpoints["gateway"], state.endpoints["prometheus"]
-    kubectl(
+    common.kubectl(
         kubeconfig, "apply", "--server-side", "--force-conflicts",
         "-f", str(common.ROOT / "crds" / "modeldeployments.modelplane.io.yaml"),
     )  # fmt: skip
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io")
-    kubectl(kubeconfig, "create", "namespace", NAMESPACE)
+    common.kubectl(
+        kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io"
+    )
+    common.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
     environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     log = (STATE_DIR / "operator.log").open("w")
     operator = subprocess.Popen(
@@ -170,7 +158,7 @@ def measure(state: localcluster.ClusterState) -> dict[str, Any]:  # noqa: PLR091
     try:
         document = json.dumps({"kind": "List", "apiVersion": "v1",
                                "items": [model_deployment(), http_route()]})  # fmt: skip
-        kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input_text=document)
+        common.kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input_text=document)
         first = until(lambda: len(ready_pods(kubeconfig)) == 1, time.monotonic(), 300)
         assert first is not None, "the first replica never became Ready"
         assert until(lambda: chat(gateway), time.monotonic(), 120, 1) is not None, "no answer"

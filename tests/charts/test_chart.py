@@ -80,16 +80,22 @@ def test_pod_security_is_restricted_by_default(helm: Path) -> None:
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
-def test_log_level_and_health_port_come_from_values(helm: Path) -> None:
-    result = run_helm(
-        helm, "template", "t", str(CHART),
-        "--set", "operator.logLevel=warning", "--set", "health.port=9091",
-    )  # fmt: skip
+def rendered(helm: Path, *sets: str) -> list[dict[str, Any]]:
+    """`helm template` of the chart with `--set` values, as documents."""
+    arguments = [item for value in sets for item in ("--set", value)]
+    result = run_helm(helm, "template", "t", str(CHART), *arguments)
     assert result.returncode == 0, result.stderr
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def test_log_level_and_health_port_come_from_values(helm: Path) -> None:
+    container = operator_container(rendered(helm, "operator.logLevel=warning", "health.port=9091"))
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["MODELPLANE_OPERATOR_LOG_LEVEL"] == "warning"
     assert env["MODELPLANE_OPERATOR_HEALTH_PORT"] == "9091"
@@ -214,16 +220,13 @@ def test_prometheus_url_and_rule_labels_reach_the_operators_settings(
     """The values become environment variables the operator's own settings class parses."""
     from modelplane_operator.settings import OperatorSettings
 
-    result = run_helm(
-        helm, "template", "t", str(CHART),
-        "--set", "prometheus.url=http://prometheus-operated.monitoring.svc:9090",
-        "--set", "prometheusRule.labels.release=kube-prometheus-stack",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    container = operator_container(
+        rendered(
+            helm,
+            "prometheus.url=http://prometheus-operated.monitoring.svc:9090",
+            "prometheusRule.labels.release=kube-prometheus-stack",
+        )
+    )
     for item in container["env"]:
         if "value" in item:  # not the downward API's (POD_NAMESPACE)
             monkeypatch.setenv(item["name"], item["value"])
@@ -232,13 +235,6 @@ def test_prometheus_url_and_rule_labels_reach_the_operators_settings(
     assert settings.rule_labels == {"release": "kube-prometheus-stack"}
     bad = run_helm(helm, "template", "t", str(CHART), "--set", "prometheus.url=prometheus:9090")
     assert bad.returncode != 0
-
-
-def rendered(helm: Path, *sets: str) -> list[dict[str, Any]]:
-    arguments = [item for value in sets for item in ("--set", value)]
-    result = run_helm(helm, "template", "t", str(CHART), *arguments)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 def test_two_replicas_elect_a_leader_with_a_pdb_and_spread_over_nodes(helm: Path) -> None:

@@ -217,15 +217,19 @@ def test_service_monitor_once_the_prometheus_operator_crd_exists(
         assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
         body["spec"]["monitoring"] = {"serviceMonitor": False}
         apply(cluster, namespace, body)
-        wait_for(
-            lambda: (
-                get(cluster, namespace, "servicemonitors.monitoring.coreos.com", "smollm2") is None
-            ),
-            timeout=TIMEOUT,
-            what="ServiceMonitor deleted once monitoring is off",
+        wait_gone(
+            cluster,
+            namespace,
+            "servicemonitors.monitoring.coreos.com",
+            "smollm2",
+            "ServiceMonitor deleted once monitoring is off",
         )
     finally:
         cluster.kubectl("delete", "-f", str(crd), "--wait=false", check=False)
+
+
+def wait_gone(cluster: Cluster, namespace: str, resource: str, name: str, what: str) -> None:
+    wait_for(lambda: get(cluster, namespace, resource, name) is None, timeout=TIMEOUT, what=what)
 
 
 def install_crd(cluster: Cluster, name: str) -> Path:
@@ -345,12 +349,12 @@ def test_slo_alerts_become_a_prometheus_rule_once_its_crd_exists(
         assert len(alerts) == 8  # two objectives x the workbook's four window pairs
         del body["spec"]["slo"]
         apply(cluster, namespace, body)
-        wait_for(
-            lambda: (
-                get(cluster, namespace, "prometheusrules.monitoring.coreos.com", "smollm2") is None
-            ),
-            timeout=TIMEOUT,
-            what="PrometheusRule deleted once the SLO is gone",
+        wait_gone(
+            cluster,
+            namespace,
+            "prometheusrules.monitoring.coreos.com",
+            "smollm2",
+            "PrometheusRule deleted once the SLO is gone",
         )
     finally:
         cluster.kubectl("delete", "-f", str(crd), "--wait=false", check=False)
