@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from modelplane_operator.render import LABEL_INSTANCE
+from modelplane_operator.names import LABEL_INSTANCE
 
 Object = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # apiVersion, kind, namespace, name

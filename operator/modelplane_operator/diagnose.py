@@ -21,7 +21,7 @@ from modelplane_operator.conditions import (
     Condition,
 )
 from modelplane_operator.kinds import PROMETHEUS_RULE, SERVICE_MONITOR, ChildKind
-from modelplane_operator.render import GPU_RESOURCE
+from modelplane_operator.names import GPU_RESOURCE
 
 Object = dict[str, Any]
 

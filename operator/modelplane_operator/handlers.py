@@ -38,13 +38,9 @@ from modelplane_operator.kinds import WATCHED_KINDS
 from modelplane_operator.kube import Kube
 from modelplane_operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from modelplane_operator.names import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
 from modelplane_operator.reconcile import Reads, Reconciler
-from modelplane_operator.render import (
-    FIELD_MANAGER,
-    LABEL_INSTANCE,
-    LABEL_MANAGED_BY,
-    RenderOptions,
-)
+from modelplane_operator.render import RenderOptions
 from modelplane_operator.settings import OperatorSettings, kopf_settings
 
 registry = kopf.OperatorRegistry()

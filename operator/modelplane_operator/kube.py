@@ -39,7 +39,7 @@ from lightkube.utils.quantity import parse_quantity
 from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kinds import POD, ChildKind, kind_of
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from modelplane_operator.render import FIELD_MANAGER
+from modelplane_operator.names import FIELD_MANAGER
 
 Object = dict[str, Any]
 T = TypeVar("T")

@@ -47,18 +47,14 @@ from modelplane_operator.kinds import (
 )
 from modelplane_operator.kube import NOT_FOUND, Kube, needs_apply, with_hash
 from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
-from modelplane_operator.render import (
+from modelplane_operator.names import (
     FIELD_MANAGER,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
-    Owner,
-    Rendered,
-    RenderOptions,
-    render,
     selector_labels,
     selector_string,
-    service_url,
 )
+from modelplane_operator.render import Owner, Rendered, RenderOptions, render, service_url
 
 Object = dict[str, Any]
 Key = tuple[str, str]

@@ -77,18 +77,15 @@ from modelplane_operator.models import (
     ResolvedConfig,
     ResolvedGPU,
 )
+from modelplane_operator.names import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    child_labels,
+    selector_labels,
+)
 
 Manifest = dict[str, Any]
 
-FIELD_MANAGER = "modelplane-operator"
-APP_NAME = "modelplane-server"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SERVER_CONTAINER = "server"
 MODEL_VOLUME = "model"
 MODEL_MOUNT = "/models"
@@ -158,26 +155,6 @@ class Rendered:
     @property
     def service_monitor_skipped(self) -> bool:
         return SERVICE_MONITOR in self.skipped
-
-
-def selector_labels(name: str) -> dict[str, str]:
-    """The labels that select the pods; fixed for the life of the Deployment."""
-    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
-
-
-def child_labels(name: str) -> dict[str, str]:
-    """Labels on every child and every pod."""
-    return {
-        **selector_labels(name),
-        LABEL_COMPONENT: "inference-server",
-        LABEL_PART_OF: "modelplane",
-        LABEL_MANAGED_BY: FIELD_MANAGER,
-    }
-
-
-def selector_string(name: str) -> str:
-    """The pod selector as the scale subresource's status.selector wants it."""
-    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
 
 
 def service_url(owner: Owner, port: int) -> str:

@@ -16,8 +16,8 @@ from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kinds import OPTIONAL_CRDS
 from modelplane_operator.kube import Kube
 from modelplane_operator.models import API_VERSION, KIND
+from modelplane_operator.names import LABEL_INSTANCE, LABEL_MANAGED_BY
 from modelplane_operator.reconcile import Reads, reconcile
-from modelplane_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
 
 UID = "11111111-2222-3333-4444-555555555555"
 

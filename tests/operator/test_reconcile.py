@@ -17,6 +17,7 @@ from modelplane_operator import metrics
 from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kinds import ChildKind
 from modelplane_operator.kube import Kube, is_subset
+from modelplane_operator.names import LABEL_INSTANCE, LABEL_MANAGED_BY
 from modelplane_operator.reconcile import (
     InvalidSpecError,
     Reads,
@@ -25,7 +26,6 @@ from modelplane_operator.reconcile import (
     reconcile,
     retry_delay,
 )
-from modelplane_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
 
 UID = "11111111-2222-3333-4444-555555555555"
 Key = tuple[str, str, str]
