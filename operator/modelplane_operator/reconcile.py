@@ -46,7 +46,12 @@ from modelplane_operator.kinds import (
     kind_of,
 )
 from modelplane_operator.kube import NOT_FOUND, Kube, needs_apply, with_hash
-from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
+from modelplane_operator.models import (
+    API_VERSION,
+    KIND,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+)
 from modelplane_operator.names import (
     FIELD_MANAGER,
     LABEL_INSTANCE,
@@ -63,21 +68,17 @@ LiveChildren = dict[tuple[str, str], Object | None]
 FORBIDDEN = 403
 logger = logging.getLogger(__name__)
 
-# Status fields this operator owns; anything else in status is left alone by the comparison.
-STATUS_FIELDS = (
-    "observedGeneration",
-    "conditions",
-    "replicas",
-    "readyReplicas",
-    "updatedReplicas",
-    "desiredReplicas",
-    "gpu",
-    "ready",
-    "selector",
-    "url",
-    "resolved",
-    "measuredStartupSeconds",
+# Status fields this operator owns (the typed model's): anything else in status is left alone by
+# the comparison.
+STATUS_FIELDS = tuple(
+    field.alias or name for name, field in ModelDeploymentStatus.model_fields.items()
 )
+
+
+def status_of(model: ModelDeploymentStatus) -> Object:
+    """Status as the API takes it: camelCase, no nulls (the CRD's fields are not nullable)."""
+    dumped: Object = model.model_dump(by_alias=True, exclude_none=True)
+    return dumped
 
 
 class Reads(enum.IntEnum):
@@ -261,9 +262,10 @@ async def reconcile(
         conditions = merge_conditions(
             previous, [Condition(READY, "False", INVALID_SPEC, message)], generation, now()
         )
-        await _write_status(
-            kube, body, {"observedGeneration": generation, "conditions": conditions}
+        invalid = ModelDeploymentStatus.model_validate(
+            {"observedGeneration": generation, "conditions": conditions}
         )
+        await _write_status(kube, body, status_of(invalid))
         raise InvalidSpecError(message) from error
 
     owner = Owner(name=name, namespace=namespace, uid=metadata.get("uid"))
@@ -298,23 +300,27 @@ async def reconcile(
     )
     startup = startup_seconds(pods)
     conditions = merge_conditions(previous, observed.conditions, generation, now())
-    status: Object = {
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "replicas": observed.replicas,
-        "readyReplicas": observed.ready_replicas,
-        "updatedReplicas": observed.updated_replicas,
-        "desiredReplicas": observed.desired_replicas,
-        "gpu": _gpu_summary(spec),
-        "ready": f"{observed.ready_replicas}/{observed.desired_replicas}",
-        "selector": selector_string(name),
-        "url": service_url(owner, spec.service.port),
-        "resolved": rendered.resolved.model_dump(by_alias=True, exclude_none=True),
-    }
-    # Kept while no pod is ready to measure; absent until one has been (null is not an integer).
-    measured_now = measured if startup is None else round_up_startup(startup)
-    if measured_now is not None:
-        status["measuredStartupSeconds"] = measured_now
+    status = status_of(
+        ModelDeploymentStatus.model_validate(
+            {
+                "observedGeneration": generation,
+                "conditions": conditions,
+                "replicas": observed.replicas,
+                "readyReplicas": observed.ready_replicas,
+                "updatedReplicas": observed.updated_replicas,
+                "desiredReplicas": observed.desired_replicas,
+                "gpu": _gpu_summary(spec),
+                "ready": f"{observed.ready_replicas}/{observed.desired_replicas}",
+                "selector": selector_string(name),
+                "url": service_url(owner, spec.service.port),
+                "resolved": rendered.resolved,
+                # Kept while no pod is ready to measure; absent until one has been.
+                "measuredStartupSeconds": (
+                    measured if startup is None else round_up_startup(startup)
+                ),
+            }
+        )
+    )
     outcome.status_written = await _write_status(kube, body, status)
     ready = find(conditions, READY) or {}
     outcome.ready = ready.get("status", "Unknown")
