@@ -159,7 +159,9 @@ def test_install_establishes_the_crd_and_runs_the_operator(
     deployment = json.loads(
         cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout
     )
-    assert deployment["status"].get("readyReplicas") == 1
+    # Both replicas (the chart's default: a leader and a standby) are up after --wait.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["status"].get("readyReplicas") == 2
     # The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
     explain = wait_for(
         lambda: cluster.kubectl("explain", "modeldeployment.spec", check=False).stdout,
