@@ -218,7 +218,9 @@ async def _lead_forever(context: OperatorContext, elector: LeaderElector, logger
         metrics.LEADER.set(1)
         logger.info(f"{identity} leads: reconciling")
         working = asyncio.create_task(reconciler.run())
-        await _enqueue_all(context, Reads.API, logger)
+        first_pass = asyncio.create_task(
+            _until_listed(context, Reads.API, elector.config.retry_seconds, logger)
+        )
         try:
             await elector.hold()
         except LeadershipLostError as error:
@@ -226,24 +228,38 @@ async def _lead_forever(context: OperatorContext, elector: LeaderElector, logger
         finally:
             context.leading = False
             metrics.LEADER.set(0)
-            working.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await working
+            for task in (first_pass, working):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
-async def _enqueue_all(context: OperatorContext, reads: Reads, logger: Any) -> None:
-    """Queue every watched ModelDeployment (the resync, and a new leader's first pass)."""
+async def _until_listed(context: OperatorContext, reads: Reads, pause: float, logger: Any) -> None:
+    """A new leader's first pass over every ModelDeployment, retried until the list succeeds
+    (right after an apiserver restart it answers "storage is (re)initializing" for a while)."""
+    while True:
+        if await _enqueue_all(context, reads, logger):
+            return
+        await asyncio.sleep(pause)
+
+
+async def _enqueue_all(context: OperatorContext, reads: Reads, logger: Any) -> bool:
+    """Queue every watched ModelDeployment (the resync, and a new leader's first pass); False
+    when a listing failed (refused, unreachable, timed out: the next pass will do)."""
     patterns = list(context.settings.namespaces)
+    listed = True
     for scope in _listing_scopes(patterns):
         try:
             bodies = await context.active.kube.list_model_deployments(scope)
         except Exception as error:
             logger.warning(f"could not list ModelDeployments: {error}")
+            listed = False
             continue
         for body in bodies:
             metadata = body["metadata"]
             if _watched(metadata["namespace"], patterns):
                 context.active.enqueue(metadata["namespace"], metadata["name"], reads)
+    return listed
 
 
 async def _resync_forever(context: OperatorContext, logger: Any) -> None:

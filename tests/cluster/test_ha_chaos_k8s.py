@@ -333,14 +333,20 @@ def ride_out(chaos: Chaos, component: str, down_s: float, edited: int) -> str:
 
     wait_for(edit_applied, timeout=CONVERGE_S, interval=1, what=f"{name}'s edit reconciled")
     edit_s = time.time() - restarted
-    wait_converged(chaos, f"everything converged after {component} came back")
-    converged_s = time.time() - restarted
+
+    # The cluster settles in its own time after an outage: the node lifecycle controller may mark
+    # pods not Ready some seconds after the apiserver is back, and kwok readies them again. So
+    # steady state is: converged, and no write by the operator for 15 s (3 resyncs), reached
+    # within the bound; everything written meanwhile must be what changed, never a storm.
+    def settled() -> bool:
+        return converged(cluster, COUNT) and chaos.writes(time.time() - 15) == []
+
+    wait_for(settled, timeout=CONVERGE_S, interval=2, what=f"steady state after {component}")
+    converged_s = time.time() - restarted - 15
     assert leader.poll() is None, f"the operator restarted (or died) over the {component} outage"
     assert chaos.holder() == "b"
     writes = chaos.writes(restarted)
     assert_no_storm(writes, edited=name)
-    writes_after = quiet_writes(chaos, 15)
-    assert writes_after == [], describe(writes_after)
     statuses = sum(1 for w in writes if (w.get("objectRef") or {}).get("subresource") == "status")
     children = sum(
         1
@@ -349,8 +355,8 @@ def ride_out(chaos: Chaos, component: str, down_s: float, edited: int) -> str:
     )
     return (
         f"{component} down {restarted - stopped:.0f} s: the edit reconciled {edit_s:.1f} s and "
-        f"all {COUNT} converged {converged_s:.1f} s after it came back; {children} child writes "
-        f"(the edited one's), {statuses} status writes, 0 in 15 s of steady state"
+        f"the last write came {converged_s:.1f} s after it came back; {children} child writes "
+        f"(the edited one's), {statuses} status writes, then 0 for 15 s with all {COUNT} Ready"
     )
 
 

@@ -57,3 +57,29 @@ def test_failed_api_requests_are_retried_long_enough_to_outlast_an_apiserver_res
     assert sum(api_backoffs(1, 300)) >= 300
     settings = kopf_settings(OperatorSettings(api_outage_seconds=120))
     assert sum(settings.networking.error_backoffs) >= 120
+
+
+async def test_a_new_leaders_first_pass_is_retried_until_the_list_succeeds() -> None:
+    """Right after an apiserver restart a list may answer "storage is (re)initializing": the
+    first pass over every ModelDeployment must not be lost to it."""
+    import logging
+
+    from lightkube import ApiError
+    from lightkube.models.meta_v1 import Status
+
+    from modelplane_operator.reconcile import Reads
+
+    class Listing(Kube):
+        calls = 0
+
+        async def list_model_deployments(self, namespace: str | None) -> list[dict[str, object]]:
+            Listing.calls += 1
+            if Listing.calls == 1:
+                raise ApiError(status=Status(code=429, message="storage is (re)initializing"))
+            return [{"metadata": {"name": "m", "namespace": "test-a"}}]
+
+    context = handlers.OperatorContext(settings=OperatorSettings(namespaces=["test-*"]))
+    context.reconciler = Reconciler(Listing(cast(AsyncClient, None), cache=ObjectCache()))
+    await handlers._until_listed(context, Reads.API, 0.01, logging.getLogger("test"))
+    assert Listing.calls == 2
+    assert not context.reconciler.idle  # test-a/m is queued
