@@ -20,6 +20,8 @@ PROGRESSING = "Progressing"
 PODS_HEALTHY = "PodsHealthy"
 AUTOSCALER_READY = "AutoscalerReady"
 MONITORING_READY = "MonitoringReady"
+# A child the spec asks for needs an add-on whose CRD is not installed (kinds.ChildKind.crd).
+CRD_NOT_INSTALLED = "CRDNotInstalled"
 CONDITION_TYPES = (READY, PROGRESSING, PODS_HEALTHY, AUTOSCALER_READY, MONITORING_READY)
 
 Status = Literal["True", "False", "Unknown"]

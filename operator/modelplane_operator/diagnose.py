@@ -14,6 +14,7 @@ from typing import Any
 
 from modelplane_operator.autoscaler_conditions import autoscaled_desired, autoscaler_condition
 from modelplane_operator.conditions import (
+    CRD_NOT_INSTALLED,
     MONITORING_READY,
     PODS_HEALTHY,
     PROGRESSING,
@@ -312,12 +313,15 @@ def _monitoring_condition(
 ) -> Condition:
     if not wanted:
         return Condition(
-            MONITORING_READY, "True", "Disabled", "spec.monitoring.serviceMonitor is false"
+            MONITORING_READY,
+            "True",
+            "Disabled",
+            "spec.monitoring.serviceMonitor is false and spec.slo is not set",
         )
     missing = [kind for kind in wanted if kind in skipped]
     if missing:
         words = "; ".join(kind.absent() for kind in missing)
-        return Condition(MONITORING_READY, "False", "CRDNotInstalled", words)
+        return Condition(MONITORING_READY, "False", CRD_NOT_INSTALLED, words)
     exist = " and the ".join(kind.kind for kind in wanted)
     verb = "exists" if len(wanted) == 1 else "exist"
     return Condition(MONITORING_READY, "True", _APPLIED_REASONS[wanted], f"the {exist} {verb}")

@@ -30,7 +30,13 @@ from pydantic import ValidationError
 from modelplane_operator import metrics
 from modelplane_operator.autoscaler_conditions import PROMETHEUS_URL_MISSING, startup_seconds
 from modelplane_operator.autoscaling import round_up_startup
-from modelplane_operator.conditions import READY, Condition, find, merge_conditions
+from modelplane_operator.conditions import (
+    CRD_NOT_INSTALLED,
+    READY,
+    Condition,
+    find,
+    merge_conditions,
+)
 from modelplane_operator.diagnose import FAILURE_REASONS, INVALID_SPEC, observe
 from modelplane_operator.kinds import (
     CHILD_KINDS,
@@ -224,7 +230,7 @@ def _autoscaler_problem(rendered: Rendered) -> tuple[str, str] | None:
     if plan is not None and plan.problem is not None:
         return PROMETHEUS_URL_MISSING, plan.problem
     if SCALED_OBJECT in rendered.skipped:
-        return "CRDNotInstalled", SCALED_OBJECT.absent()
+        return CRD_NOT_INSTALLED, SCALED_OBJECT.absent()
     return None
 
 

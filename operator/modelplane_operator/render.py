@@ -65,7 +65,6 @@ from modelplane_operator.autoscaling import Actuator, Windows
 from modelplane_operator.kinds import (
     PROMETHEUS_RULE,
     SCALED_OBJECT,
-    SERVICE_MONITOR,
     ChildKind,
     kind_of,
 )
@@ -151,10 +150,6 @@ class Rendered:
     skipped: tuple[ChildKind, ...] = ()
     autoscaler: AutoscalerPlan | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def service_monitor_skipped(self) -> bool:
-        return SERVICE_MONITOR in self.skipped
 
 
 def service_url(owner: Owner, port: int) -> str:

@@ -191,12 +191,13 @@ def unconverged(cluster: Cluster, count: int) -> list[str]:
             )
     uids = {md["metadata"]["uid"]: md["metadata"]["name"] for md in mds}
     for kind in ("deployments", "services"):
-        for child in listed(cluster, kind):
+        children = listed(cluster, kind)
+        for child in children:
             refs = list(child["metadata"].get("ownerReferences", []))
             if len(refs) != 1 or uids.get(refs[0]["uid"]) != child["metadata"]["name"]:
                 problems.append(f"{kind}/{child['metadata']['name']} owned by {refs}")
-        if len(listed(cluster, kind)) != count:
-            problems.append(f"{len(listed(cluster, kind))} {kind}")
+        if len(children) != count:
+            problems.append(f"{len(children)} {kind}")
     return problems
 
 
