@@ -12,7 +12,7 @@ import pytest
 from dataplane import services
 from dataplanesupport import dataplane_binary
 from modelplane_operator import server_contract
-from modelplane_operator.render import METRIC_RELABELINGS
+from modelplane_operator.render.monitoring import METRIC_RELABELINGS
 
 
 def snake(key: str) -> str:

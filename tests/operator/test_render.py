@@ -16,14 +16,9 @@ import yaml
 from modelplane_operator import server_contract
 from modelplane_operator.kinds import OPTIONAL_CRDS, SERVICE_MONITOR
 from modelplane_operator.models import ModelDeploymentSpec
-from modelplane_operator.render import (
-    GPU_PRODUCT_LABEL,
-    Owner,
-    Rendered,
-    RenderOptions,
-    render,
-    startup_budget_seconds,
-)
+from modelplane_operator.names import GPU_PRODUCT_LABEL
+from modelplane_operator.render import Owner, Rendered, RenderOptions, render
+from modelplane_operator.render.model import startup_budget_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

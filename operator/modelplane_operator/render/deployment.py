@@ -1,0 +1,253 @@
+"""The Deployment running the server pods: container, probes, resources, scheduling and rollout."""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+from lightkube.models.apps_v1 import (
+    DeploymentSpec,
+    DeploymentStrategy,
+    RollingUpdateDeployment,
+)
+from lightkube.models.core_v1 import (
+    Affinity,
+    ConfigMapKeySelector,
+    Container,
+    ContainerPort,
+    EnvVar,
+    EnvVarSource,
+    HTTPGetAction,
+    Lifecycle,
+    LifecycleHandler,
+    PodAffinityTerm,
+    PodAntiAffinity,
+    PodSecurityContext,
+    PodSpec,
+    PodTemplateSpec,
+    Probe,
+    ResourceRequirements,
+    SeccompProfile,
+    SecretKeySelector,
+    SleepAction,
+    Toleration,
+    WeightedPodAffinityTerm,
+)
+from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
+
+from modelplane_operator import server_contract
+from modelplane_operator.models import (
+    ModelDeploymentSpec,
+)
+from modelplane_operator.names import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    child_labels,
+    selector_labels,
+)
+from modelplane_operator.render.model import (
+    DOWNLOAD_SECONDS_PER_GIB,
+    STARTUP_PROBE_PERIOD_SECONDS,
+    ModelPlacement,
+)
+from modelplane_operator.render.objects import (
+    Manifest,
+    Owner,
+    container_security,
+    manifest,
+    metadata,
+)
+
+SERVER_CONTAINER = "server"
+
+
+# Deployment progress deadline on top of the startup budget: scheduling, image pull and (for hf://)
+# the download in the init container, which the startup probe does not cover.
+PROGRESS_MARGIN_SECONDS = 300
+
+
+def _env(spec: ModelDeploymentSpec) -> list[EnvVar]:
+    rendered = []
+    for variable in spec.server.env:
+        source = None
+        if variable.value_from is not None:
+            secret = variable.value_from.secret_key_ref
+            config_map = variable.value_from.config_map_key_ref
+            source = EnvVarSource(
+                secretKeyRef=SecretKeySelector(
+                    name=secret.name, key=secret.key, optional=secret.optional
+                )
+                if secret
+                else None,
+                configMapKeyRef=ConfigMapKeySelector(
+                    name=config_map.name, key=config_map.key, optional=config_map.optional
+                )
+                if config_map
+                else None,
+            )
+        rendered.append(EnvVar(name=variable.name, value=variable.value, valueFrom=source))
+    return rendered
+
+
+def _probe(path: str, period: int, timeout: int, failures: int) -> Probe:
+    return Probe(
+        httpGet=HTTPGetAction(path=path, port=server_contract.PORT_NAME),
+        periodSeconds=period,
+        timeoutSeconds=timeout,
+        failureThreshold=failures,
+    )
+
+
+def _affinity(name: str, spec: ModelDeploymentSpec) -> Affinity:
+    if spec.pod_template.affinity is not None:
+        return cast(Affinity, Affinity.from_dict(spec.pod_template.affinity))
+    # Preferred, not required: spreading must never keep a replica from scheduling.
+    return Affinity(
+        podAntiAffinity=PodAntiAffinity(
+            preferredDuringSchedulingIgnoredDuringExecution=[
+                WeightedPodAffinityTerm(
+                    weight=100,
+                    podAffinityTerm=PodAffinityTerm(
+                        topologyKey="kubernetes.io/hostname",
+                        labelSelector=LabelSelector(matchLabels=selector_labels(name)),
+                    ),
+                )
+            ]
+        )
+    )
+
+
+def desired_replicas(spec: ModelDeploymentSpec) -> int | None:
+    """The Deployment's replicas as we set them; None when the HPA owns the field."""
+    if spec.suspend:
+        return 0
+    if spec.autoscaling is not None:
+        return None
+    return 1 if spec.replicas is None else spec.replicas
+
+
+def max_replicas(spec: ModelDeploymentSpec) -> int:
+    """The most replicas that can exist, which decides whether a disruption budget makes sense."""
+    if spec.suspend:
+        return 0
+    if spec.autoscaling is not None:
+        return spec.autoscaling.max_replicas
+    return 1 if spec.replicas is None else spec.replicas
+
+
+def render_deployment(
+    owner: Owner, spec: ModelDeploymentSpec, placement: ModelPlacement, startup_budget: int
+) -> Manifest:
+    """The Deployment running the server pods."""
+    gpus = spec.accelerator.count
+    args = server_contract.ServerArgs(
+        model=placement.model_path,
+        served_model_name=spec.model.served_model_name or owner.name,
+        gguf_file=spec.model.gguf_file or None,
+        dtype=spec.model.dtype,
+        device="cuda" if gpus > 0 else "cpu",
+        max_batch_size=spec.server.max_batch_size,
+        max_batch_tokens=spec.server.max_batch_tokens,
+        max_wait_ms=spec.server.max_wait_ms,
+        max_queue=spec.server.max_queue,
+        drain_timeout_seconds=spec.server.drain_timeout_seconds,
+        extra_args=tuple(spec.server.extra_args),
+    )
+    requests: dict[str, str] = {
+        "cpu": str(spec.accelerator.cpu),
+        "memory": str(spec.accelerator.memory),
+    }
+    limits: dict[str, str] = {"memory": str(spec.accelerator.memory)}
+    if gpus > 0:
+        requests[GPU_RESOURCE] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
+    container = Container(
+        name=SERVER_CONTAINER,
+        image=spec.image,
+        imagePullPolicy=spec.image_pull_policy,
+        args=server_contract.container_args(args),
+        ports=[
+            ContainerPort(
+                name=server_contract.PORT_NAME, containerPort=server_contract.PORT, protocol="TCP"
+            )
+        ],
+        env=_env(spec) or None,
+        resources=ResourceRequirements(requests=requests, limits=limits),
+        startupProbe=_probe(
+            server_contract.STARTUP_PATH,
+            STARTUP_PROBE_PERIOD_SECONDS,
+            5,
+            startup_budget // STARTUP_PROBE_PERIOD_SECONDS,
+        ),
+        livenessProbe=_probe(server_contract.LIVENESS_PATH, 10, 5, 3),
+        readinessProbe=_probe(server_contract.READINESS_PATH, 5, 3, 2),
+        lifecycle=Lifecycle(
+            preStop=LifecycleHandler(
+                sleep=SleepAction(seconds=server_contract.PRE_STOP_SLEEP_SECONDS)
+            )
+        ),
+        securityContext=container_security(),
+        volumeMounts=placement.mounts or None,
+    )
+    node_selector = dict(spec.pod_template.node_selector)
+    tolerations: list[Toleration] = []
+    if gpus > 0:
+        tolerations.append(Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"))
+        if spec.accelerator.type:
+            node_selector[GPU_PRODUCT_LABEL] = spec.accelerator.type
+    tolerations += [
+        Toleration(
+            key=item.key,
+            operator=item.operator,
+            value=item.value,
+            effect=item.effect,
+            tolerationSeconds=item.toleration_seconds,
+        )
+        for item in spec.pod_template.tolerations
+    ]
+    pod_labels = {**spec.pod_template.labels, **child_labels(owner.name)}
+    pod = PodSpec(
+        containers=[container],
+        initContainers=placement.init_containers or None,
+        volumes=placement.volumes or None,
+        nodeSelector=node_selector or None,
+        tolerations=tolerations or None,
+        affinity=_affinity(owner.name, spec),
+        priorityClassName=spec.pod_template.priority_class_name,
+        serviceAccountName=spec.pod_template.service_account_name,
+        # The server never talks to the Kubernetes API.
+        automountServiceAccountToken=False,
+        terminationGracePeriodSeconds=server_contract.termination_grace_seconds(
+            spec.server.drain_timeout_seconds
+        ),
+        securityContext=PodSecurityContext(
+            runAsNonRoot=True,
+            runAsUser=1000,
+            runAsGroup=1000,
+            fsGroup=1000,
+            seccompProfile=SeccompProfile(type="RuntimeDefault"),
+        ),
+    )
+    progress_deadline = (
+        startup_budget
+        + PROGRESS_MARGIN_SECONDS
+        + math.ceil(placement.download_gib * DOWNLOAD_SECONDS_PER_GIB)
+    )
+    deployment = DeploymentSpec(
+        replicas=desired_replicas(spec),
+        selector=LabelSelector(matchLabels=selector_labels(owner.name)),
+        strategy=DeploymentStrategy(
+            type="RollingUpdate",
+            rollingUpdate=RollingUpdateDeployment(
+                maxSurge=spec.rollout.max_surge, maxUnavailable=spec.rollout.max_unavailable
+            ),
+        ),
+        progressDeadlineSeconds=progress_deadline,
+        template=PodTemplateSpec(
+            metadata=ObjectMeta(
+                labels=pod_labels, annotations=dict(spec.pod_template.annotations) or None
+            ),
+            spec=pod,
+        ),
+    )
+    return manifest("apps/v1", "Deployment", metadata(owner), deployment)

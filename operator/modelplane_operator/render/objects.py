@@ -1,0 +1,89 @@
+"""What every child shares: the owner it belongs to, the options that change rendering, its
+metadata (name, labels, owner reference) and the manifest envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightkube.models.core_v1 import (
+    Capabilities,
+    SeccompProfile,
+    SecurityContext,
+)
+from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
+
+from modelplane_operator.models import (
+    API_VERSION,
+    KIND,
+)
+from modelplane_operator.names import (
+    child_labels,
+)
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment the children belong to. Without a uid (a preview render) the children
+    carry no owner reference."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Facts about the cluster that change what is rendered: which add-on CRDs are installed
+    (children of a kind whose CRD is missing are left out, and `Rendered.skipped` says so)."""
+
+    installed_crds: frozenset[str] = frozenset()
+    # The Prometheus HTTP API KEDA's triggers query (operator setting prometheusUrl).
+    prometheus_url: str | None = None
+    # Labels on every PrometheusRule, for the Prometheus' ruleSelector.
+    rule_labels: Mapping[str, str] = field(default_factory=dict)
+    # status.measuredStartupSeconds: the autoscaler's windows derive from it.
+    measured_startup_seconds: int | None = None
+
+
+def metadata(owner: Owner) -> ObjectMeta:
+    references = None
+    if owner.uid:
+        references = [
+            OwnerReference(
+                apiVersion=API_VERSION,
+                kind=KIND,
+                name=owner.name,
+                uid=owner.uid,
+                controller=True,
+                blockOwnerDeletion=True,
+            )
+        ]
+    return ObjectMeta(
+        name=owner.name,
+        namespace=owner.namespace,
+        labels=child_labels(owner.name),
+        ownerReferences=references,
+    )
+
+
+def manifest(api_version: str, kind: str, metadata: ObjectMeta, spec: Any) -> Manifest:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": metadata.to_dict(),
+        "spec": spec.to_dict() if hasattr(spec, "to_dict") else spec,
+    }
+
+
+def container_security() -> SecurityContext:
+    return SecurityContext(
+        allowPrivilegeEscalation=False,
+        capabilities=Capabilities(drop=["ALL"]),
+        runAsNonRoot=True,
+        seccompProfile=SeccompProfile(type="RuntimeDefault"),
+    )
