@@ -66,6 +66,9 @@ SCALED_OBJECT = ChildKind(
 )
 # Not a child, but watched: the pods the Deployment makes say how the rollout is going.
 POD = ChildKind("v1", "Pod", "pods", watched=True)
+# Not a child either: read only while a Deployment made before the variant label retires
+# (selector_migration.py).
+REPLICA_SET = ChildKind("apps/v1", "ReplicaSet", "replicasets", watched=False)
 
 # Every kind the operator renders, in the order it applies them.
 CHILD_KINDS: tuple[ChildKind, ...] = (
@@ -80,7 +83,7 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
 )
 WATCHED_KINDS: tuple[ChildKind, ...] = tuple(kind for kind in (*CHILD_KINDS, POD) if kind.watched)
 OPTIONAL_CRDS: tuple[str, ...] = tuple(kind.crd for kind in CHILD_KINDS if kind.crd is not None)
-_BY_KEY = {(kind.api_version, kind.kind): kind for kind in (*CHILD_KINDS, POD)}
+_BY_KEY = {(kind.api_version, kind.kind): kind for kind in (*CHILD_KINDS, POD, REPLICA_SET)}
 
 
 def kind_of(manifest: dict[str, Any]) -> ChildKind:

@@ -28,12 +28,12 @@ from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
-from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import Event, Pod, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
-from lightkube.types import PatchType
+from lightkube.types import CascadeType, PatchType
 from lightkube.utils.quantity import parse_quantity
 
 from modelplane_operator.cache import ObjectCache
@@ -55,6 +55,7 @@ _BUILT_IN: dict[str, type[NamespacedResource]] = {
     "PodDisruptionBudget": PodDisruptionBudget,
     "NetworkPolicy": NetworkPolicy,
     "Pod": Pod,
+    "ReplicaSet": ReplicaSet,
 }
 
 
@@ -214,11 +215,23 @@ class Kube:
         self._keep(manifest["apiVersion"], manifest["kind"], live)
         return live
 
-    async def delete(self, kind: ChildKind, name: str, namespace: str) -> None:
-        """Delete a child; already gone is fine."""
+    async def delete(
+        self, kind: ChildKind, name: str, namespace: str, *, orphan: bool = False
+    ) -> None:
+        """Delete a child; already gone is fine. `orphan`: leave what it owns (a Deployment's
+        ReplicaSets and their pods) running."""
         resource = resource_for(kind)
+
+        async def call() -> None:
+            if orphan:
+                await self.client.delete(
+                    resource, name, namespace=namespace, cascade=CascadeType.ORPHAN
+                )
+            else:
+                await self.client.delete(resource, name, namespace=namespace)
+
         try:
-            await self._retrying(lambda: self.client.delete(resource, name, namespace=namespace))
+            await self._retrying(call)
         except ApiError as error:
             if error.status.code != NOT_FOUND:
                 raise
@@ -244,6 +257,19 @@ class Kube:
         for item in items:
             self._keep(kind.api_version, kind.kind, item)
         return items
+
+    async def scale(self, kind: ChildKind, name: str, namespace: str, replicas: int) -> None:
+        """Set spec.replicas of a ReplicaSet the operator took over (a merge patch: its field
+        manager is the Deployment controller's, which is gone)."""
+        await self._retrying(
+            lambda: self.client.patch(
+                resource_for(kind),
+                name,
+                {"spec": {"replicas": replicas}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        )
 
     async def list_pods(
         self, namespace: str, labels: Mapping[str, str], *, cached: bool = False

@@ -27,7 +27,7 @@ from typing import Any
 from lightkube import ApiError
 from pydantic import ValidationError
 
-from modelplane_operator import metrics
+from modelplane_operator import metrics, selector_migration
 from modelplane_operator.autoscaler_conditions import PROMETHEUS_URL_MISSING, startup_seconds
 from modelplane_operator.autoscaling import round_up_startup
 from modelplane_operator.conditions import (
@@ -37,7 +37,7 @@ from modelplane_operator.conditions import (
     find,
     merge_conditions,
 )
-from modelplane_operator.diagnose import FAILURE_REASONS, INVALID_SPEC, observe
+from modelplane_operator.diagnose import FAILURE_REASONS, INVALID_SPEC, observe, rollout_state
 from modelplane_operator.kinds import (
     CHILD_KINDS,
     DEPLOYMENT,
@@ -45,6 +45,7 @@ from modelplane_operator.kinds import (
     OPTIONAL_CRDS,
     POD,
     PROMETHEUS_RULE,
+    REPLICA_SET,
     SCALED_OBJECT,
     SERVICE_MONITOR,
     ChildKind,
@@ -62,8 +63,8 @@ from modelplane_operator.names import (
     FIELD_MANAGER,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
-    selector_labels,
-    selector_string,
+    instance_labels,
+    instance_selector,
 )
 from modelplane_operator.render import Owner, Rendered, RenderOptions, render, service_url
 
@@ -192,7 +193,13 @@ async def _apply_children(
         live = await kube.get(
             kind, metadata["name"], metadata["namespace"], cached=reads.cached(kind)
         )
-        if needs_apply(child, live):
+        if kind is DEPLOYMENT and selector_migration.selector_changed(child, live):
+            # Immutable: replace it, leaving its pods serving (selector_migration.py). The new
+            # one is created once the old one is gone (its deletion is a watch event).
+            await kube.delete(kind, metadata["name"], metadata["namespace"], orphan=True)
+            outcome.deleted.append(f"{kind.kind}/{metadata['name']}")
+            live = None
+        elif needs_apply(child, live):
             live = await kube.apply(child)
             outcome.applied.append(f"{kind.kind}/{metadata['name']}")
         live_children[child_key(child)] = live
@@ -210,7 +217,7 @@ async def _delete_unwanted(
 ) -> None:
     """Delete our children that are not wanted (by kind and name): found by labels, confirmed by
     owner uid."""
-    selector = {**selector_labels(owner.name), LABEL_MANAGED_BY: FIELD_MANAGER}
+    selector = {**instance_labels(owner.name), LABEL_MANAGED_BY: FIELD_MANAGER}
     for kind in kinds:
         # What could exist is in the cache (what we applied or saw), except before our first
         # reconcile of this owner in this process: only then list from the API.
@@ -222,6 +229,32 @@ async def _delete_unwanted(
             if (kind.kind, name) not in wanted and _owned_by(item, owner.uid or ""):
                 await kube.delete(kind, name, owner.namespace)
                 outcome.deleted.append(f"{kind.kind}/{name}")
+
+
+async def _retire_orphaned(
+    kube: Kube, owner: Owner, deployment: Object | None, pods: list[Object], outcome: Outcome
+) -> None:
+    """Shrink, then delete, the ReplicaSets a Deployment made before the variant label left
+    behind, as the new Deployment's pods become ready (selector_migration.py)."""
+    if deployment is None or not selector_migration.has_legacy_pods(pods):
+        return
+    found = await kube.list_children(REPLICA_SET, owner.namespace, instance_labels(owner.name))
+    legacy = selector_migration.orphaned(found)
+    rollout = rollout_state(deployment)
+    pending = any(
+        selector_migration.unschedulable(pod)
+        for pod in pods
+        if not selector_migration.is_legacy(pod)
+    )
+    plan = selector_migration.retire(legacy, rollout.desired, rollout.ready, pending)
+    for item in legacy:
+        name = item["metadata"]["name"]
+        if plan[name] == 0:
+            await kube.delete(REPLICA_SET, name, owner.namespace)
+            outcome.deleted.append(f"{REPLICA_SET.kind}/{name}")
+        elif plan[name] != int(item["spec"].get("replicas") or 0):
+            await kube.scale(REPLICA_SET, name, owner.namespace, plan[name])
+            outcome.applied.append(f"{REPLICA_SET.kind}/{name}")
 
 
 def _autoscaler_problem(rendered: Rendered) -> tuple[str, str] | None:
@@ -292,9 +325,11 @@ async def reconcile(
         outcome.status_deferred = True
         return outcome
 
-    pods = await kube.list_pods(namespace, selector_labels(name), cached=reads.cached(POD))
+    pods = await kube.list_pods(namespace, instance_labels(name), cached=reads.cached(POD))
+    deployment = live_children.get((DEPLOYMENT.kind, name))
+    await _retire_orphaned(kube, owner, deployment, pods, outcome)
     observed = observe(
-        deployment=live_children.get((DEPLOYMENT.kind, name)),
+        deployment=deployment,
         pods=pods,
         suspended=spec.suspend,
         autoscaling_wanted=spec.autoscaling is not None,
@@ -317,7 +352,7 @@ async def reconcile(
                 "desiredReplicas": observed.desired_replicas,
                 "gpu": _gpu_summary(spec),
                 "ready": f"{observed.ready_replicas}/{observed.desired_replicas}",
-                "selector": selector_string(name),
+                "selector": instance_selector(name),
                 "url": service_url(owner, spec.service.port),
                 "resolved": rendered.resolved,
                 # Kept while no pod is ready to measure; absent until one has been.

@@ -54,6 +54,7 @@ class FakeKube:
         self.reconciles = 0
         self.fail_next: list[Exception] = []
         self.events: list[tuple[str, str, str]] = []
+        self.pods: list[dict[str, Any]] = []
 
     async def crd_installed(self, name: str) -> bool:
         return self.prometheus
@@ -69,9 +70,11 @@ class FakeKube:
         self.writes.append(f"apply {manifest['kind']}")
         return copy.deepcopy(manifest)
 
-    async def delete(self, kind: ChildKind, name: str, namespace: str) -> None:
+    async def delete(
+        self, kind: ChildKind, name: str, namespace: str, *, orphan: bool = False
+    ) -> None:
         self.objects.pop((kind.kind, namespace, name), None)
-        self.writes.append(f"delete {kind.kind}")
+        self.writes.append(f"delete {kind.kind}" + (" (orphan)" if orphan else ""))
 
     async def list_children(
         self,
@@ -92,7 +95,11 @@ class FakeKube:
     async def list_pods(
         self, namespace: str, labels: dict[str, str], *, cached: bool = False
     ) -> list[dict[str, Any]]:
-        return []
+        return copy.deepcopy(self.pods)
+
+    async def scale(self, kind: ChildKind, name: str, namespace: str, replicas: int) -> None:
+        self.objects[(kind.kind, namespace, name)]["spec"]["replicas"] = replicas
+        self.writes.append(f"scale {kind.kind} {replicas}")
 
     async def get_model_deployment(
         self, namespace: str, name: str, *, cached: bool = False
@@ -384,3 +391,70 @@ async def test_conflicts_are_retried_quickly_in_one_place() -> None:
 
 def as_kube(fake: FakeKube) -> Kube:
     return fake  # type: ignore[return-value]
+
+
+LEGACY_SELECTOR = {
+    "app.kubernetes.io/name": "modelplane-server",
+    "app.kubernetes.io/instance": "demo",
+}
+
+
+def legacy_replica_set(replicas: int) -> dict[str, Any]:
+    """What a Deployment made before the variant label leaves behind once deleted as an orphan."""
+    labels = {**LEGACY_SELECTOR, LABEL_MANAGED_BY: "modelplane-operator"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "demo-5d4f", "namespace": "models", "labels": labels},
+        "spec": {"replicas": replicas, "template": {"metadata": {"labels": labels}}},
+    }
+
+
+def pod(labels: dict[str, str], *, ready: bool = True, unschedulable: bool = False) -> Any:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable"})
+    return {"metadata": {"name": "p", "labels": labels}, "status": {"conditions": conditions}}
+
+
+async def test_a_deployment_selecting_without_the_variant_is_replaced_leaving_its_pods() -> None:
+    fake = FakeKube(body(replicas=3))
+    await reconcile(as_kube(fake), fake.body)
+    legacy = fake.objects[("Deployment", "models", "demo")]
+    legacy["spec"]["selector"] = {"matchLabels": dict(LEGACY_SELECTOR)}
+    fake.writes.clear()
+    # The selector is immutable: orphan-delete (its ReplicaSet keeps serving), create next time.
+    outcome = await reconcile(as_kube(fake), fake.body)
+    assert fake.writes[0] == "delete Deployment (orphan)"
+    assert "apply Deployment" not in fake.writes
+    assert outcome.deleted == ["Deployment/demo"]
+    fake.writes.clear()
+    await reconcile(as_kube(fake), fake.body)
+    assert "apply Deployment" in fake.writes
+    selector = fake.objects[("Deployment", "models", "demo")]["spec"]["selector"]
+    assert selector["matchLabels"]["modelplane.io/variant"] == "stable"
+
+
+@pytest.mark.parametrize(
+    ("ready", "pending", "expected"),
+    [(0, False, ["scale ReplicaSet 3"]), (1, False, ["scale ReplicaSet 2"]),
+     (1, True, ["scale ReplicaSet 1"]), (3, False, ["delete ReplicaSet"])],
+)  # fmt: skip
+async def test_the_orphaned_replica_set_shrinks_as_new_pods_become_ready(
+    ready: int, pending: bool, expected: list[str]
+) -> None:
+    fake = FakeKube(body(replicas=3))
+    await reconcile(as_kube(fake), fake.body)
+    fake.objects[("ReplicaSet", "models", "demo-5d4f")] = legacy_replica_set(4)
+    deployment = fake.objects[("Deployment", "models", "demo")]
+    deployment["status"] = {"replicas": 3, "readyReplicas": ready}
+    new_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    fake.pods = [pod(LEGACY_SELECTOR), pod(new_labels, unschedulable=pending)]
+    fake.writes.clear()
+    await reconcile(as_kube(fake), fake.body)
+    assert [write for write in fake.writes if "ReplicaSet" in write] == expected
+    # Once no pod lacks the variant label, ReplicaSets are not even listed.
+    fake.pods = [pod(new_labels)]
+    fake.writes.clear()
+    await reconcile(as_kube(fake), fake.body)
+    assert not [write for write in fake.writes if "ReplicaSet" in write]

@@ -42,8 +42,11 @@ from modelplane_operator.models import (
 from modelplane_operator.names import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
+    STABLE,
+    VARIANT_LABEL,
     child_labels,
-    selector_labels,
+    instance_labels,
+    variant_labels,
 )
 from modelplane_operator.render.model import (
     DOWNLOAD_SECONDS_PER_GIB,
@@ -109,7 +112,7 @@ def _affinity(name: str, spec: ModelDeploymentSpec) -> Affinity:
                     weight=100,
                     podAffinityTerm=PodAffinityTerm(
                         topologyKey="kubernetes.io/hostname",
-                        labelSelector=LabelSelector(matchLabels=selector_labels(name)),
+                        labelSelector=LabelSelector(matchLabels=instance_labels(name)),
                     ),
                 )
             ]
@@ -205,7 +208,11 @@ def render_deployment(
         )
         for item in spec.pod_template.tolerations
     ]
-    pod_labels = {**spec.pod_template.labels, **child_labels(owner.name)}
+    pod_labels = {
+        **spec.pod_template.labels,
+        **child_labels(owner.name),
+        VARIANT_LABEL: STABLE,
+    }
     pod = PodSpec(
         containers=[container],
         initContainers=placement.init_containers or None,
@@ -235,7 +242,7 @@ def render_deployment(
     )
     deployment = DeploymentSpec(
         replicas=desired_replicas(spec),
-        selector=LabelSelector(matchLabels=selector_labels(owner.name)),
+        selector=LabelSelector(matchLabels=variant_labels(owner.name, STABLE)),
         strategy=DeploymentStrategy(
             type="RollingUpdate",
             rollingUpdate=RollingUpdateDeployment(

@@ -9,7 +9,7 @@ from modelplane_operator.models import (
     ModelDeploymentSpec,
 )
 from modelplane_operator.names import (
-    selector_labels,
+    instance_labels,
 )
 from modelplane_operator.render.deployment import max_replicas
 from modelplane_operator.render.objects import (
@@ -26,6 +26,6 @@ def render_disruption_budget(owner: Owner, spec: ModelDeploymentSpec) -> Manifes
         return None
     pdb = PodDisruptionBudgetSpec(
         maxUnavailable=spec.pod_disruption_budget.max_unavailable,
-        selector=LabelSelector(matchLabels=selector_labels(owner.name)),
+        selector=LabelSelector(matchLabels=instance_labels(owner.name)),
     )
     return manifest("policy/v1", "PodDisruptionBudget", metadata(owner), pdb)

@@ -12,7 +12,8 @@ from modelplane_operator.models import (
     ModelDeploymentSpec,
 )
 from modelplane_operator.names import (
-    selector_labels,
+    VARIANT_LABEL,
+    instance_labels,
 )
 from modelplane_operator.render.objects import (
     Manifest,
@@ -51,7 +52,11 @@ def render_service_monitor(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
         "kind": "ServiceMonitor",
         "metadata": metadata(owner).to_dict(),
         "spec": {
-            "selector": {"matchLabels": selector_labels(owner.name)},
+            # The shared Service only: a variant's own Service selects the same pods again.
+            "selector": {
+                "matchLabels": instance_labels(owner.name),
+                "matchExpressions": [{"key": VARIANT_LABEL, "operator": "DoesNotExist"}],
+            },
             "endpoints": [
                 {
                     "port": server_contract.PORT_NAME,

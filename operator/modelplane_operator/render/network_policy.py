@@ -15,7 +15,7 @@ from modelplane_operator.models import (
     ModelDeploymentSpec,
 )
 from modelplane_operator.names import (
-    selector_labels,
+    instance_labels,
 )
 from modelplane_operator.render.objects import (
     Manifest,
@@ -37,7 +37,7 @@ def render_network_policy(owner: Owner, spec: ModelDeploymentSpec) -> Manifest |
         for namespace in spec.network_policy.allowed_namespaces
     ]
     policy = NetworkPolicySpec(
-        podSelector=LabelSelector(matchLabels=selector_labels(owner.name)),
+        podSelector=LabelSelector(matchLabels=instance_labels(owner.name)),
         policyTypes=["Ingress"],
         ingress=[
             NetworkPolicyIngressRule(

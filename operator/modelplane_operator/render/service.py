@@ -12,7 +12,7 @@ from modelplane_operator.models import (
     ModelDeploymentSpec,
 )
 from modelplane_operator.names import (
-    selector_labels,
+    instance_labels,
 )
 from modelplane_operator.render.objects import (
     Manifest,
@@ -32,7 +32,7 @@ def render_service(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
     """The Service in front of the ready pods."""
     service = ServiceSpec(
         type=spec.service.type,
-        selector=selector_labels(owner.name),
+        selector=instance_labels(owner.name),
         ports=[
             ServicePort(
                 name=server_contract.PORT_NAME,
