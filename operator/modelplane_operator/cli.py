@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from modelplane_operator import crd
-from modelplane_operator.kinds import OPTIONAL_CRDS, PROMETHEUS_OPERATOR_GROUP
+from modelplane_operator import canary_control, crd
+from modelplane_operator.kinds import GATEWAY_API_GROUP, OPTIONAL_CRDS, PROMETHEUS_OPERATOR_GROUP
 from modelplane_operator.models import API_VERSION, KIND, ModelDeploymentSpec
 from modelplane_operator.render import Owner, RenderOptions, render
 
@@ -53,12 +53,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render the Prometheus Operator's kinds as if their CRDs were installed",
     )
+    show.add_argument(
+        "--assume-gateway-api",
+        action="store_true",
+        help="render the HTTPRoute (spec.route) as if the Gateway API CRDs were installed",
+    )
     commands.add_parser("crd", help="print the CustomResourceDefinition")
     return parser
 
 
-def render_file(path: Path, prometheus_operator: bool, namespace: str | None = None) -> str:
-    """Every child manifest of the ModelDeployment(s) in `path`, as a YAML stream."""
+def render_file(
+    path: Path, prometheus_operator: bool, namespace: str | None = None, gateway_api: bool = False
+) -> str:
+    """Every child manifest of the ModelDeployment(s) in `path`, as a YAML stream; a canary as it
+    starts (no weight until its pods are ready)."""
     documents: list[dict[str, Any]] = []
     for body in yaml.safe_load_all(path.read_text()):
         if not body:
@@ -75,9 +83,11 @@ def render_file(path: Path, prometheus_operator: bool, namespace: str | None = N
         installed = frozenset(
             crd
             for crd in OPTIONAL_CRDS
-            if prometheus_operator and crd.endswith(PROMETHEUS_OPERATOR_GROUP)
+            if (prometheus_operator and crd.endswith(PROMETHEUS_OPERATOR_GROUP))
+            or (gateway_api and crd.endswith(GATEWAY_API_GROUP))
         )
-        documents += render(owner, spec, RenderOptions(installed)).children
+        options = RenderOptions(installed, canary=canary_control.preview(spec))
+        documents += render(owner, spec, options).children
     return yaml.safe_dump_all(documents, sort_keys=False, width=100)
 
 
@@ -117,7 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "render":
         try:
             rendered = render_file(
-                arguments.filename, arguments.assume_prometheus_operator, arguments.namespace
+                arguments.filename,
+                arguments.assume_prometheus_operator,
+                arguments.namespace,
+                arguments.assume_gateway_api,
             )
             sys.stdout.write(rendered)
         except (ValidationError, ValueError, OSError) as error:

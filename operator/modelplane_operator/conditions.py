@@ -8,6 +8,10 @@ Every condition type's healthy value is True (kstatus convention; a negative-pol
 - PodsHealthy: no pod is failing (False: the failure taxonomy in `diagnose.py`).
 - AutoscalerReady: the HPA can scale, or none is wanted (False: the HPA's own reason).
 - MonitoringReady: the ServiceMonitor exists, or none is wanted (False: CRDNotInstalled).
+- CanaryHealthy (with a canary): progressing, promoting or promoted (False: RolledBack, with the
+  failing check; Unknown: Inconclusive, paused).
+- TrafficSplit (with a canary): the split is exact, by HTTPRoute weights (False: ApproximateSplit,
+  by replica ratio, and why).
 """
 
 from __future__ import annotations
@@ -20,9 +24,19 @@ PROGRESSING = "Progressing"
 PODS_HEALTHY = "PodsHealthy"
 AUTOSCALER_READY = "AutoscalerReady"
 MONITORING_READY = "MonitoringReady"
+CANARY_HEALTHY = "CanaryHealthy"
+TRAFFIC_SPLIT = "TrafficSplit"
 # A child the spec asks for needs an add-on whose CRD is not installed (kinds.ChildKind.crd).
 CRD_NOT_INSTALLED = "CRDNotInstalled"
-CONDITION_TYPES = (READY, PROGRESSING, PODS_HEALTHY, AUTOSCALER_READY, MONITORING_READY)
+CONDITION_TYPES = (
+    READY,
+    PROGRESSING,
+    PODS_HEALTHY,
+    AUTOSCALER_READY,
+    MONITORING_READY,
+    CANARY_HEALTHY,
+    TRAFFIC_SPLIT,
+)
 
 Status = Literal["True", "False", "Unknown"]
 

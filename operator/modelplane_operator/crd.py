@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from modelplane_operator.models import (
+    CANARY_NAME_MESSAGE,
     CATEGORIES,
     DNS_LABEL_PATTERN,
     GROUP,
@@ -30,6 +31,7 @@ from modelplane_operator.models import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
 )
+from modelplane_operator.names import VARIANT_SUFFIX_LENGTH
 
 Schema = dict[str, Any]
 
@@ -174,7 +176,14 @@ def openapi_schema() -> Schema:
                     f"metadata.name must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
                     "characters: it also names the Service"
                 ),
-            }
+            },
+            {
+                "rule": (
+                    "!has(self.spec) || !(has(self.spec.canary) || has(self.spec.route)) || "
+                    f"self.metadata.name.size() <= {MAX_NAME_LENGTH - VARIANT_SUFFIX_LENGTH}"
+                ),
+                "message": CANARY_NAME_MESSAGE,
+            },
         ],
     }
 
@@ -247,6 +256,12 @@ def custom_resource_definition() -> dict[str, Any]:
                             "type": "string",
                             "jsonPath": ".status.gpu",
                             "description": "GPUs per replica and their type.",
+                        },
+                        {
+                            "name": "Canary",
+                            "type": "string",
+                            "jsonPath": ".status.canary.summary",
+                            "description": "The canary's weight and step, or how it ended.",
                         },
                         {
                             "name": "URL",

@@ -64,6 +64,14 @@ PROMETHEUS_RULE = ChildKind(
 SCALED_OBJECT = ChildKind(
     "keda.sh/v1alpha1", "ScaledObject", "scaledobjects", watched=False, crd="scaledobjects.keda.sh"
 )
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+HTTP_ROUTE = ChildKind(
+    f"{GATEWAY_API_GROUP}/v1",
+    "HTTPRoute",
+    "httproutes",
+    watched=False,
+    crd=f"httproutes.{GATEWAY_API_GROUP}",
+)
 # Not a child, but watched: the pods the Deployment makes say how the rollout is going.
 POD = ChildKind("v1", "Pod", "pods", watched=True)
 # Not a child either: read only while a Deployment made before the variant label retires
@@ -80,6 +88,7 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     SERVICE_MONITOR,
     PROMETHEUS_RULE,
     SCALED_OBJECT,
+    HTTP_ROUTE,
 )
 WATCHED_KINDS: tuple[ChildKind, ...] = tuple(kind for kind in (*CHILD_KINDS, POD) if kind.watched)
 OPTIONAL_CRDS: tuple[str, ...] = tuple(kind.crd for kind in CHILD_KINDS if kind.crd is not None)

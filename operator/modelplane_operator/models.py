@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 
 from modelplane_operator.object_names import (
     ConfigKey,
@@ -826,6 +835,236 @@ class SLO(ApiModel):
         return self
 
 
+# --- Canary and routing -------------------------------------------------------------------------
+
+CANARY_NAME_MESSAGE = (
+    "metadata.name must be at most 56 characters when spec.canary or spec.route is set: the "
+    "canary's children are named <name>-canary"
+)
+CHECK_SOURCE_MESSAGE = "a canary check needs exactly one of metric and query"
+CHECK_BOUND_MESSAGE = "a canary check needs at least one of maxIncrease, maxRatio and max"
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+CanaryMetric = Literal["ErrorRatio", "TimeToFirstTokenP95", "InterTokenLatencyP95", "QueueWaitP95"]
+
+
+class HeaderMatch(ApiModel):
+    """An HTTP header, exact match."""
+
+    name: str = Field(max_length=256, pattern=HEADER_NAME_PATTERN, description="Header name.")
+    value: str = Field(min_length=1, max_length=4096, description="Header value, exact.")
+
+
+class CanaryTraffic(ApiModel):
+    """How requests reach the canary besides the steps' weights."""
+
+    weight: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description=(
+            "Percent of requests the canary gets when it has no steps (it then holds there: "
+            "promote by folding spec.canary into the spec, roll back by removing it)."
+        ),
+    )
+    header: HeaderMatch | None = Field(
+        default=None,
+        description=(
+            "Requests carrying this header always reach the canary once it is ready, whatever "
+            "the weight (an HTTPRoute rule; needs spec.route)."
+        ),
+    )
+
+
+class CanaryStep(ApiModel):
+    """One step: a weight, held for a pause and/or until an analysis window passes."""
+
+    weight: int = Field(ge=0, le=100, description="Percent of requests to the canary.")
+    pause: PrometheusDuration | None = Field(
+        default=None, description="Hold the weight at least this long (e.g. 5m)."
+    )
+    analysis: bool = Field(
+        default=False,
+        description=(
+            "Advance only after an analysis window at this weight passes (spec.canary.analysis)."
+        ),
+    )
+
+
+class CanaryCheck(ApiModel):
+    """One check of an analysis window: the canary's value against stable's, same window."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("has(self.metric) != has(self.query)", CHECK_SOURCE_MESSAGE),
+            (
+                "has(self.maxIncrease) || has(self.maxRatio) || has(self.max)",
+                CHECK_BOUND_MESSAGE,
+            ),
+        )
+    )
+
+    name: str = Field(
+        max_length=63, pattern=DNS_LABEL_PATTERN, description="Name shown in status and events."
+    )
+    metric: CanaryMetric | None = Field(
+        default=None,
+        description=(
+            "A built-in check on the server's own series: ErrorRatio (5xx and 429 over all API "
+            "requests), TimeToFirstTokenP95, InterTokenLatencyP95, QueueWaitP95 (seconds)."
+        ),
+    )
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "A custom PromQL query returning one number, run once per variant; variant, "
+            "namespace, name and window in double braces are replaced (docs/canary.md)."
+        ),
+    )
+    max_increase: float | None = Field(
+        default=None, ge=0, description="Fail when canary - stable is more than this."
+    )
+    max_ratio: float | None = Field(
+        default=None, gt=0, description="Fail when canary / stable is more than this."
+    )
+    max: float | None = Field(
+        default=None, description="Fail when the canary's value is above this."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CanaryCheck:
+        if (self.metric is None) == (self.query is None):
+            raise ValueError(CHECK_SOURCE_MESSAGE)
+        if self.max_increase is None and self.max_ratio is None and self.max is None:
+            raise ValueError(CHECK_BOUND_MESSAGE)
+        return self
+
+
+DEFAULT_CHECKS: tuple[CanaryCheck, ...] = (
+    CanaryCheck(name="error-ratio", metric="ErrorRatio", max_increase=0.01),
+    CanaryCheck(name="ttft-p95", metric="TimeToFirstTokenP95", max_ratio=1.5),
+)
+
+
+class CanaryAnalysis(ApiModel):
+    """Metric-gated progress: each window compares the canary with stable over the same window."""
+
+    interval: PrometheusDuration = Field(
+        default="1m", description="Length of each analysis window, and the time between them."
+    )
+    min_samples: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Requests each variant must have served in a window; fewer is Inconclusive.",
+    )
+    failure_limit: int = Field(
+        default=0, ge=0, le=100, description="Failed windows tolerated; one more rolls back."
+    )
+    inconclusive_timeout: PrometheusDuration = Field(
+        default="10m",
+        description=(
+            "How long Inconclusive windows (too few samples, no data, Prometheus down) pause the "
+            "canary before it is rolled back."
+        ),
+    )
+    checks: list[CanaryCheck] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "The checks of every window. Empty: error ratio at most 1 point above stable's and "
+            "time to first token p95 at most 1.5x stable's."
+        ),
+    )
+
+
+def _overlay_of(model: type[ApiModel], name: str) -> type[ApiModel]:
+    """`model` with every field optional and no default (not even in the CRD, where the
+    apiserver would fill one in): what is set replaces the base's value, the rest is the base's."""
+    fields: dict[str, Any] = {
+        field: (
+            cast(Any, info.annotation) | None,
+            FieldInfo.merge_field_infos(info, default=None, default_factory=None),
+        )
+        for field, info in model.model_fields.items()
+    }
+    doc = f"{model.__doc__} Only the fields set here replace stable's."
+    return create_model(name, __base__=ApiModel, __doc__=doc, **fields)
+
+
+if TYPE_CHECKING:
+    ServerOverlay = ServerConfig
+else:
+    ServerOverlay = _overlay_of(ServerConfig, "ServerOverlay")
+
+
+class Canary(ApiModel):
+    """A second variant beside stable: an overlay of stable's settings, a traffic split, steps
+    and an analysis that compares it with stable."""
+
+    image: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="The canary's server image."
+    )
+    model: ModelSource | None = Field(
+        default=None, description="The canary's model (replaces spec.model whole)."
+    )
+    server: ServerOverlay | None = Field(
+        default=None,
+        description=(
+            "The canary's server settings; the fields set here replace stable's, the others are "
+            "stable's."
+        ),
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "Canary replicas. Unset: enough for its share of stable's replicas at the current "
+            "weight (at least 1)."
+        ),
+    )
+    traffic: CanaryTraffic = _section(CanaryTraffic, "The weight without steps, the header rule.")
+    steps: list[CanaryStep] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Weights in order; after the last one the canary is promoted. Empty: hold at "
+            "traffic.weight."
+        ),
+    )
+    analysis: CanaryAnalysis | None = Field(
+        default=None,
+        description=(
+            "Compare the canary with stable every interval while it has weight; a failure beyond "
+            "failureLimit rolls back, Inconclusive pauses then rolls back after its timeout."
+        ),
+    )
+
+
+class ParentReference(ApiModel):
+    """A Gateway (or listener) the HTTPRoute attaches to."""
+
+    name: ObjectName = Field(description="The Gateway's name.")
+    namespace: NamespaceName | None = Field(
+        default=None, description="The Gateway's namespace (default: this one)."
+    )
+    section_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_LABEL_PATTERN, description="A listener's name."
+    )
+
+
+class Route(ApiModel):
+    """An HTTPRoute (gateway.networking.k8s.io/v1) in front of the variants."""
+
+    parent_refs: list[ParentReference] = Field(
+        min_length=1, max_length=32, description="Gateways the route attaches to."
+    )
+    hostnames: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, max_length=16, description="Hostnames the route answers for."
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state: which model to serve, on what hardware, at what scale."""
 
@@ -909,6 +1148,21 @@ class ModelDeploymentSpec(ApiModel):
             "(monitoring.coreos.com/v1; MonitoringReady says when its CRD is missing)."
         ),
     )
+    route: Route | None = Field(
+        default=None,
+        description=(
+            "An HTTPRoute from a Gateway to the model, which splits traffic between stable and "
+            "canary by weight and header (needs the Gateway API CRDs; TrafficSplit says)."
+        ),
+    )
+    canary: Canary | None = Field(
+        default=None,
+        description=(
+            "A canary: a second variant with its own settings that gets a share of the requests, "
+            "advances through steps while its analysis against stable passes, and is promoted or "
+            "rolled back."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelDeploymentSpec:
@@ -976,6 +1230,65 @@ class ResolvedConfig(ApiModel):
     children: list[str] = Field(default_factory=list, description="Child objects as Kind/name.")
 
 
+CanaryPhase = Literal["Progressing", "Paused", "Promoting", "Promoted", "RolledBack"]
+Verdict = Literal["Pass", "Fail", "Inconclusive"]
+
+
+class CheckResult(ApiModel):
+    """One check of the last analysis window."""
+
+    name: str = Field(description="The check.")
+    verdict: Verdict = Field(description="Pass, Fail or Inconclusive.")
+    value: float | None = Field(default=None, description="The canary's value.")
+    baseline: float | None = Field(default=None, description="Stable's value, same window.")
+    canary_samples: int = Field(default=0, description="Requests the canary served in the window.")
+    stable_samples: int = Field(default=0, description="Requests stable served in the window.")
+    message: str = Field(default="", description="Why, in words.")
+
+
+class CanaryDecision(ApiModel):
+    """One decision the operator took about the canary."""
+
+    time: str = Field(description="When (RFC 3339).")
+    decision: str = Field(description="What: Started, Step, Inconclusive, Failed, RolledBack, ...")
+    message: str = Field(default="", description="Why.")
+
+
+class CanaryStatus(ApiModel):
+    """Where the canary stands."""
+
+    revision: str = Field(description="Hash of the spec.canary this status describes.")
+    phase: CanaryPhase = Field(
+        description="Progressing, Paused (Inconclusive), Promoting, Promoted or RolledBack."
+    )
+    step: int = Field(default=0, description="Index of the current step (0-based).")
+    steps: int = Field(default=0, description="Number of steps.")
+    step_started_at: str | None = Field(
+        default=None, description="When the current step's weight began to be routed."
+    )
+    weight: int = Field(default=0, description="Percent of requests actually routed to the canary.")
+    split: Literal["Gateway", "ReplicaRatio"] = Field(
+        default="Gateway",
+        description=(
+            "How the split is made: HTTPRoute weights, or the replica ratio behind the Service."
+        ),
+    )
+    replicas: int = Field(default=0, description="Canary replicas wanted.")
+    failures: int = Field(default=0, description="Failed analysis windows so far.")
+    inconclusive_since: str | None = Field(
+        default=None, description="Since when every window was Inconclusive."
+    )
+    last_analysis_at: str | None = Field(default=None, description="When the last window ended.")
+    last_pass_at: str | None = Field(default=None, description="When a window last passed.")
+    analysis: list[CheckResult] = Field(
+        default_factory=list, description="The last window's checks."
+    )
+    history: list[CanaryDecision] = Field(
+        default_factory=list, description="The latest decisions, oldest first."
+    )
+    summary: str = Field(default="", description="For kubectl get: e.g. 20% step 2/4.")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written by the operator through the status subresource."""
 
@@ -1012,6 +1325,9 @@ class ModelDeploymentStatus(ApiModel):
             "Longest time from a current pod's start to Ready (rounded up to 5 s): what a new "
             "replica takes to serve. The autoscaler's windows derive from it."
         ),
+    )
+    canary: CanaryStatus | None = Field(
+        default=None, description="The canary's phase, step, routed weight and analysis."
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from lightkube import ApiError
 from pydantic import ValidationError
 
-from modelplane_operator import metrics, selector_migration
+from modelplane_operator import canary_control, metrics, selector_migration
 from modelplane_operator.autoscaler_conditions import PROMETHEUS_URL_MISSING, startup_seconds
 from modelplane_operator.autoscaling import round_up_startup
 from modelplane_operator.conditions import (
@@ -60,12 +60,15 @@ from modelplane_operator.models import (
     ModelDeploymentStatus,
 )
 from modelplane_operator.names import (
+    CANARY,
     FIELD_MANAGER,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
+    VARIANT_LABEL,
     instance_labels,
     instance_selector,
 )
+from modelplane_operator.prometheus import Prometheus
 from modelplane_operator.render import Owner, Rendered, RenderOptions, render, service_url
 
 Object = dict[str, Any]
@@ -120,6 +123,8 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
     status_deferred: bool = False
+    # Seconds until a time-based change (a canary's pause or analysis window) is due.
+    requeue_after: float | None = None
 
     @property
     def writes(self) -> int:
@@ -257,6 +262,10 @@ async def _retire_orphaned(
             outcome.applied.append(f"{REPLICA_SET.kind}/{name}")
 
 
+def _variant(pod: Object) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get(VARIANT_LABEL)
+
+
 def _autoscaler_problem(rendered: Rendered) -> tuple[str, str] | None:
     """Why the autoscaler the spec asks for was not rendered, if it was not."""
     plan = rendered.autoscaler
@@ -280,6 +289,7 @@ async def reconcile(
     *,
     defer_status: bool = False,
     options: RenderOptions = RenderOptions(),  # noqa: B008 - frozen, so safe to share
+    prometheus: Prometheus | None = None,
 ) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec.
 
@@ -310,10 +320,23 @@ async def reconcile(
     owner = Owner(name=name, namespace=namespace, uid=metadata.get("uid"))
     installed = frozenset([crd for crd in OPTIONAL_CRDS if await kube.crd_installed(crd)])
     measured = (body.get("status") or {}).get("measuredStartupSeconds")
-    rendered = render(
+    options = dataclasses.replace(
+        options, installed_crds=installed, measured_startup_seconds=measured
+    )
+    canary = await canary_control.decide(
+        kube,
+        prometheus,
         owner,
         spec,
-        dataclasses.replace(options, installed_crds=installed, measured_startup_seconds=measured),
+        previous=(body.get("status") or {}).get("canary"),
+        options=options,
+        now=now(),
+        cached=reads.cached(DEPLOYMENT),
+    )
+    rendered = render(
+        owner,
+        canary.stable_spec,
+        dataclasses.replace(options, canary=canary.plan, stable_replicas=canary.stable_replicas),
     )
     outcome = Outcome(ready="Unknown", reason="")
 
@@ -330,7 +353,7 @@ async def reconcile(
     await _retire_orphaned(kube, owner, deployment, pods, outcome)
     observed = observe(
         deployment=deployment,
-        pods=pods,
+        pods=[pod for pod in pods if _variant(pod) != CANARY],
         suspended=spec.suspend,
         autoscaling_wanted=spec.autoscaling is not None,
         autoscaler=live_children.get((HORIZONTAL_POD_AUTOSCALER.kind, name))
@@ -340,7 +363,9 @@ async def reconcile(
         skipped=rendered.skipped,
     )
     startup = startup_seconds(pods)
-    conditions = merge_conditions(previous, observed.conditions, generation, now())
+    conditions = merge_conditions(
+        previous, observed.conditions + canary.conditions, generation, now()
+    )
     status = status_of(
         ModelDeploymentStatus.model_validate(
             {
@@ -359,10 +384,14 @@ async def reconcile(
                 "measuredStartupSeconds": (
                     measured if startup is None else round_up_startup(startup)
                 ),
+                "canary": canary.status,
             }
         )
     )
     outcome.status_written = await _write_status(kube, body, status)
+    for event in canary.events:
+        await kube.post_event(body, *event)
+    outcome.requeue_after = canary.requeue_after
     ready = find(conditions, READY) or {}
     outcome.ready = ready.get("status", "Unknown")
     outcome.reason = ready.get("reason", "")
@@ -409,6 +438,7 @@ class Reconciler:
     ) -> None:
         self.kube = kube
         self._options = options
+        self._prometheus = Prometheus(options.prometheus_url) if options.prometheus_url else None
         self._workers = workers
         self._debounce = debounce_seconds
         self._retry_delay = retry_delay_seconds
@@ -474,8 +504,10 @@ class Reconciler:
                 continue  # forgotten while it waited
             self._running[key] = None
             retry: float | None = None
+            later: float | None = None
             try:
-                await self.reconcile_key(*key, reads)
+                outcome = await self.reconcile_key(*key, reads)
+                later = None if outcome is None else outcome.requeue_after
             except Exception as error:  # the policy decides; the worker goes on
                 retry = retry_delay(error, self._retry_delay)
                 if retry is not None or isinstance(error, InvalidSpecError):
@@ -486,6 +518,8 @@ class Reconciler:
                 self.enqueue(*key, reads=max(again, reads) if retry is not None else again)
             elif retry is not None:
                 self.enqueue(*key, reads=reads, delay=retry)
+            elif later is not None:
+                self.enqueue(*key, delay=later)
 
     async def reconcile_key(
         self, namespace: str, name: str, reads: Reads = Reads.CACHE
@@ -521,7 +555,12 @@ class Reconciler:
         started = time.perf_counter()
         try:
             outcome = await reconcile(
-                self.kube, body, reads=reads, defer_status=defer_status, options=self._options
+                self.kube,
+                body,
+                reads=reads,
+                defer_status=defer_status,
+                options=self._options,
+                prometheus=self._prometheus,
             )
         except InvalidSpecError:
             metrics.record_reconcile(key, "invalid", time.perf_counter() - started, ready="False")

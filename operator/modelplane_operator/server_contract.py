@@ -28,6 +28,9 @@ HTTP_REQUESTS_METRIC = "modelplane_http_requests_total"
 UNAVAILABLE_STATUS_PATTERN = "5..|429"
 TTFT_HISTOGRAM = "modelplane_time_to_first_token_seconds"
 E2E_HISTOGRAM = "modelplane_e2e_request_latency_seconds"
+# The canary analysis' latency checks also read these two.
+ITL_HISTOGRAM = "modelplane_inter_token_latency_seconds"
+QUEUE_TIME_HISTOGRAM = "modelplane_request_queue_time_seconds"
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,

@@ -25,21 +25,25 @@ from testsupport import Cluster, wait_for
 
 
 def rendered_kinds() -> set[tuple[str, str]]:
-    """(apiGroup, plural) of every child the operator renders for the full sample."""
-    out = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "modelplane-operator"),
-            "render",
-            "-f",
-            str(REPO_ROOT / "crds" / "samples" / "full.yaml"),
-            "--assume-prometheus-operator",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """(apiGroup, plural) of every child the operator renders for the full and canary samples."""
+    documents = []
+    for sample in ("full", "canary"):
+        out = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "modelplane-operator"),
+                "render",
+                "-f",
+                str(REPO_ROOT / "crds" / "samples" / f"{sample}.yaml"),
+                "--assume-prometheus-operator",
+                "--assume-gateway-api",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        documents += list(yaml.safe_load_all(out.stdout))
     kinds = set()
-    for doc in yaml.safe_load_all(out.stdout):
+    for doc in documents:
         if not doc:
             continue
         group = doc["apiVersion"].rpartition("/")[0]

@@ -88,7 +88,8 @@ def test_subresources_printer_columns_and_names() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = {column["name"]: column for column in served["additionalPrinterColumns"]}
-    assert list(columns) == ["Ready", "Reason", "Replicas", "Model", "GPU", "URL", "Age"]
+    assert list(columns) == ["Ready", "Reason", "Replicas", "Model", "GPU", "Canary", "URL", "Age"]
+    assert columns["Canary"]["jsonPath"] == ".status.canary.summary"
     assert columns["URL"]["priority"] == 1
     names = yaml.safe_load(CRD_FILE.read_text())["spec"]["names"]
     assert names["shortNames"] == ["md"]

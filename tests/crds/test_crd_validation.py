@@ -78,7 +78,7 @@ def test_names_that_cannot_name_a_service_are_refused(cluster: Cluster, namespac
     assert "metadata.name" in output
 
 
-@pytest.mark.parametrize("sample", ["minimal", "full"])
+@pytest.mark.parametrize("sample", ["minimal", "full", "canary"])
 def test_samples_are_valid_and_defaulted(cluster: Cluster, namespace: str, sample: str) -> None:
     result = cluster.kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-o", "json",

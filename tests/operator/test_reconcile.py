@@ -458,3 +458,90 @@ async def test_the_orphaned_replica_set_shrinks_as_new_pods_become_ready(
     fake.writes.clear()
     await reconcile(as_kube(fake), fake.body)
     assert not [write for write in fake.writes if "ReplicaSet" in write]
+
+
+CANARY = {
+    "image": "server:2",
+    "steps": [{"weight": 20, "pause": "5m"}],
+    "traffic": {"header": {"name": "x-canary", "value": "true"}},
+}
+ROUTE = {"parentRefs": [{"name": "gateway", "namespace": "infra"}], "hostnames": ["chat.test"]}
+
+
+def make_ready(fake: FakeKube, name: str) -> None:
+    deployment = fake.objects[("Deployment", "models", name)]
+    replicas = deployment["spec"]["replicas"]
+    deployment["status"] = {
+        "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas
+    }  # fmt: skip
+
+
+def route_rules(fake: FakeKube) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = fake.objects[("HTTPRoute", "models", "demo")]["spec"]["rules"]
+    return rules
+
+
+async def test_a_canary_gets_weight_and_the_header_rule_only_once_ready() -> None:
+    fake = FakeKube(body(replicas=4, route=ROUTE, canary=CANARY), prometheus=True)
+    clock = iter(["2026-12-07T10:00:00Z"] * 3 + ["2026-12-07T10:01:00Z"] * 3)
+    await reconcile(as_kube(fake), fake.body, now=lambda: next(clock))
+    names = {(kind, name) for kind, _, name in fake.objects}
+    assert {("Deployment", "demo-canary"), ("Service", "demo-stable"), ("Service", "demo-canary"),
+            ("HTTPRoute", "demo")} <= names  # fmt: skip
+    canary = fake.objects[("Deployment", "models", "demo-canary")]
+    assert canary["spec"]["selector"]["matchLabels"]["modelplane.io/variant"] == "canary"
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "server:2"
+    assert canary["spec"]["replicas"] == 1
+    assert route_rules(fake) == [
+        {"backendRefs": [{"name": "demo-stable", "port": 80, "weight": 100},
+                         {"name": "demo-canary", "port": 80, "weight": 0}]}
+    ]  # fmt: skip
+    assert fake.body["status"]["canary"]["summary"] == "starting"
+    make_ready(fake, "demo-canary")
+    outcome = await reconcile(as_kube(fake), fake.body, now=lambda: next(clock))
+    header_rule, weighted = route_rules(fake)
+    assert header_rule["matches"] == [
+        {"headers": [{"type": "Exact", "name": "x-canary", "value": "true"}]}
+    ]
+    assert [backend["weight"] for backend in weighted["backendRefs"]] == [80, 20]
+    status = fake.body["status"]
+    assert status["canary"]["weight"] == 20
+    assert status["canary"]["summary"] == "20% step 1/1"
+    split = next(item for item in status["conditions"] if item["type"] == "TrafficSplit")
+    assert (split["status"], split["reason"]) == ("True", "Gateway")
+    assert outcome.requeue_after == 300
+    # Converged: nothing to write until the pause is over.
+    fake.writes.clear()
+    await reconcile(as_kube(fake), fake.body, now=lambda: "2026-12-07T10:02:00Z")
+    assert fake.writes == []
+
+
+async def test_removing_the_canary_removes_it_at_once() -> None:
+    fake = FakeKube(body(replicas=4, route=ROUTE, canary=CANARY), prometheus=True)
+    await reconcile(as_kube(fake), fake.body)
+    make_ready(fake, "demo-canary")
+    await reconcile(as_kube(fake), fake.body)
+    del fake.body["spec"]["canary"]
+    await reconcile(as_kube(fake), fake.body)
+    assert ("Deployment", "models", "demo-canary") not in fake.objects
+    assert ("Service", "models", "demo-canary") not in fake.objects
+    assert route_rules(fake) == [
+        {"backendRefs": [{"name": "demo-stable", "port": 80, "weight": 100}]}
+    ]
+    assert "canary" not in fake.body["status"]
+    assert ("Normal", "CanaryRemoved", "spec.canary was removed: canary deleted") in fake.events
+
+
+async def test_without_a_route_the_split_is_by_replica_ratio_and_says_so() -> None:
+    fake = FakeKube(body(replicas=4, canary={"traffic": {"weight": 20}}), prometheus=True)
+    await reconcile(as_kube(fake), fake.body)
+    assert ("HTTPRoute", "models", "demo") not in fake.objects
+    assert fake.objects[("Deployment", "models", "demo-canary")]["spec"]["replicas"] == 1
+    make_ready(fake, "demo-canary")
+    await reconcile(as_kube(fake), fake.body)
+    status = fake.body["status"]
+    assert status["canary"]["split"] == "ReplicaRatio"
+    assert status["canary"]["weight"] == 20  # 1 of 5 ready pods
+    split = next(item for item in status["conditions"] if item["type"] == "TrafficSplit")
+    assert (split["status"], split["reason"]) == ("False", "ApproximateSplit")
+    assert "spec.route is not set" in split["message"]

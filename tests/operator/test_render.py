@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane_operator import server_contract
+from modelplane_operator import canary_control, server_contract
 from modelplane_operator.kinds import OPTIONAL_CRDS, SERVICE_MONITOR
 from modelplane_operator.models import ModelDeploymentSpec
 from modelplane_operator.names import GPU_PRODUCT_LABEL
@@ -63,6 +63,14 @@ CASES: dict[str, tuple[ModelDeploymentSpec, RenderOptions]] = {
         RenderOptions(),
     ),
     "embedded-model": (spec_of(model={"uri": "/"}, accelerator={"count": 1}), RenderOptions()),
+    # The canary as it starts: its Deployment and Service, no weight until its pods are ready.
+    "canary": (
+        sample_spec("canary"),
+        RenderOptions(
+            installed_crds=frozenset(OPTIONAL_CRDS),
+            canary=canary_control.preview(sample_spec("canary")),
+        ),
+    ),
     "keda": (
         spec_of(
             autoscaling={

@@ -124,6 +124,8 @@ def test_the_metrics_the_operator_reads_are_the_servers() -> None:
         server_contract.HTTP_REQUESTS_METRIC,
         f"{server_contract.TTFT_HISTOGRAM}_bucket",
         f"{server_contract.E2E_HISTOGRAM}_bucket",
+        f"{server_contract.ITL_HISTOGRAM}_bucket",
+        f"{server_contract.QUEUE_TIME_HISTOGRAM}_bucket",
     }
     assert read <= exposed, read - exposed
     assert server_contract.TTFT_BUCKETS == server_metrics.TTFT_BUCKETS

@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from modelplane_operator import server_contract
 from modelplane_operator.kinds import ChildKind, kind_of
 from modelplane_operator.models import ModelDeploymentSpec, ResolvedConfig, ResolvedGPU
+from modelplane_operator.names import CANARY, STABLE
 from modelplane_operator.render.autoscaler import AutoscalerPlan, render_autoscaler
 from modelplane_operator.render.deployment import desired_replicas, render_deployment
 from modelplane_operator.render.disruption_budget import render_disruption_budget
 from modelplane_operator.render.model import model_size, place_model, startup_budget_seconds
 from modelplane_operator.render.monitoring import render_prometheus_rule, render_service_monitor
 from modelplane_operator.render.network_policy import render_network_policy
-from modelplane_operator.render.objects import Manifest, Owner, RenderOptions
-from modelplane_operator.render.service import render_service, service_url
+from modelplane_operator.render.objects import CanaryPlan, Manifest, Owner, RenderOptions
+from modelplane_operator.render.route import render_route
+from modelplane_operator.render.service import render_service, render_variant_service, service_url
 
-__all__ = ["Manifest", "Owner", "RenderOptions", "Rendered", "render", "service_url"]
+__all__ = ["CanaryPlan", "Manifest", "Owner", "RenderOptions", "Rendered", "render", "service_url"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
     placement = place_model(spec.model, spec.image, spec.image_pull_policy, size_gib)
     budget = startup_budget_seconds(spec, size_gib)
     children: list[Manifest] = [
-        render_deployment(owner, spec, placement, budget),
+        render_deployment(owner, spec, placement, budget, replicas=options.stable_replicas),
         render_service(owner, spec),
     ]
+    children += _variants(owner, spec, options.canary)
     autoscaler, plan = render_autoscaler(owner, spec, options)
     optional = (
         autoscaler,
@@ -80,6 +83,29 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
         children=[f"{child['kind']}/{child['metadata']['name']}" for child in children],
     )
     return Rendered(children=children, resolved=resolved, skipped=skipped, autoscaler=plan)
+
+
+def _variants(owner: Owner, spec: ModelDeploymentSpec, canary: CanaryPlan | None) -> list[Manifest]:
+    """The canary's Deployment, each variant's Service and the HTTPRoute, as far as wanted."""
+    children: list[Manifest] = []
+    if canary is not None:
+        canary_size, _ = model_size(canary.spec.model)
+        canary_spec = canary.spec
+        placement = place_model(
+            canary_spec.model, canary_spec.image, canary_spec.image_pull_policy, canary_size
+        )
+        budget = startup_budget_seconds(canary_spec, canary_size)
+        children.append(
+            render_deployment(
+                owner, canary_spec, placement, budget, variant=CANARY, replicas=canary.replicas
+            )
+        )
+    if spec.route is not None or canary is not None:
+        children.append(render_variant_service(owner, spec, STABLE))
+    if canary is not None:
+        children.append(render_variant_service(owner, spec, CANARY))
+    route = render_route(owner, spec, canary)
+    return children if route is None else [*children, route]
 
 
 def _installed_only(

@@ -44,7 +44,9 @@ from modelplane_operator.names import (
     GPU_RESOURCE,
     STABLE,
     VARIANT_LABEL,
+    Variant,
     child_labels,
+    deployment_name,
     instance_labels,
     variant_labels,
 )
@@ -139,9 +141,16 @@ def max_replicas(spec: ModelDeploymentSpec) -> int:
 
 
 def render_deployment(
-    owner: Owner, spec: ModelDeploymentSpec, placement: ModelPlacement, startup_budget: int
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    placement: ModelPlacement,
+    startup_budget: int,
+    *,
+    variant: Variant = STABLE,
+    replicas: int | None = None,
 ) -> Manifest:
-    """The Deployment running the server pods."""
+    """The Deployment running one variant's server pods; `replicas` overrides the spec's (the
+    canary's, or stable's while it lends GPUs)."""
     gpus = spec.accelerator.count
     args = server_contract.ServerArgs(
         model=placement.model_path,
@@ -211,7 +220,7 @@ def render_deployment(
     pod_labels = {
         **spec.pod_template.labels,
         **child_labels(owner.name),
-        VARIANT_LABEL: STABLE,
+        VARIANT_LABEL: variant,
     }
     pod = PodSpec(
         containers=[container],
@@ -241,8 +250,8 @@ def render_deployment(
         + math.ceil(placement.download_gib * DOWNLOAD_SECONDS_PER_GIB)
     )
     deployment = DeploymentSpec(
-        replicas=desired_replicas(spec),
-        selector=LabelSelector(matchLabels=variant_labels(owner.name, STABLE)),
+        replicas=desired_replicas(spec) if replicas is None else replicas,
+        selector=LabelSelector(matchLabels=variant_labels(owner.name, variant)),
         strategy=DeploymentStrategy(
             type="RollingUpdate",
             rollingUpdate=RollingUpdateDeployment(
@@ -257,4 +266,5 @@ def render_deployment(
             spec=pod,
         ),
     )
-    return manifest("apps/v1", "Deployment", metadata(owner), deployment)
+    name = deployment_name(owner.name, variant)
+    return manifest("apps/v1", "Deployment", metadata(owner, name, variant), deployment)

@@ -15,13 +15,8 @@ from lightkube.models.core_v1 import (
 )
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 
-from modelplane_operator.models import (
-    API_VERSION,
-    KIND,
-)
-from modelplane_operator.names import (
-    child_labels,
-)
+from modelplane_operator.models import API_VERSION, KIND, HeaderMatch, ModelDeploymentSpec
+from modelplane_operator.names import VARIANT_LABEL, Variant, child_labels
 
 Manifest = dict[str, Any]
 
@@ -48,9 +43,26 @@ class RenderOptions:
     rule_labels: Mapping[str, str] = field(default_factory=dict)
     # status.measuredStartupSeconds: the autoscaler's windows derive from it.
     measured_startup_seconds: int | None = None
+    # The canary, when one runs (reconcile decides its replicas and weight).
+    canary: CanaryPlan | None = None
+    # Stable's replicas while it lends GPUs to the canary (None: as the spec says).
+    stable_replicas: int | None = None
 
 
-def metadata(owner: Owner) -> ObjectMeta:
+@dataclass(frozen=True)
+class CanaryPlan:
+    """What the canary variant gets: its whole spec (stable's with the overlay), its replicas,
+    the percent of requests routed to it, and the header rule once it is ready."""
+
+    spec: ModelDeploymentSpec
+    replicas: int
+    weight: int
+    header: HeaderMatch | None = None
+
+
+def metadata(owner: Owner, name: str | None = None, variant: Variant | None = None) -> ObjectMeta:
+    """A child's metadata: its name (default: the owner's), our labels (plus the variant's, for a
+    variant's own child), the controller owner reference."""
     references = None
     if owner.uid:
         references = [
@@ -63,10 +75,13 @@ def metadata(owner: Owner) -> ObjectMeta:
                 blockOwnerDeletion=True,
             )
         ]
+    labels = child_labels(owner.name)
+    if variant is not None:
+        labels[VARIANT_LABEL] = variant
     return ObjectMeta(
-        name=owner.name,
+        name=name or owner.name,
         namespace=owner.namespace,
-        labels=child_labels(owner.name),
+        labels=labels,
         ownerReferences=references,
     )
 
