@@ -4,13 +4,16 @@ the tests apply, and polling on what the real processes report."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 from openai import OpenAI
 
 from testsupport import Cluster, tool_cache, wait_for
@@ -196,3 +199,133 @@ def events(plane: DataPlane, namespace: str) -> str:
         "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
     )
     return str(result.stdout)
+
+
+# --- Canaries (tests/dataplane/test_canary*_k8s.py): a ModelDeployment named "tiny" -----------
+
+CANARY_MD = "tiny"
+REQUEST_COUNTER = "modelplane_http_requests_total{"
+COMPLETIONS_ROUTE = 'route="/v1/completions"'
+
+
+def gateway_route(host: str) -> dict[str, Any]:
+    """spec.route to the local cluster's Gateway, for the test's own hostname."""
+    gateway = {"name": "modelplane", "namespace": "modelplane-gateway", "sectionName": "web"}
+    return {"parentRefs": [gateway], "hostnames": [host]}
+
+
+def start_with_route(
+    plane: DataPlane, namespace: str, model_dir: Path, canary: dict[str, Any], replicas: int
+) -> str:
+    """The tiny model behind the operator's HTTPRoute, with a canary; its hostname once stable
+    answers through the Gateway."""
+    host = route_host(namespace)
+    md = model_deployment(
+        CANARY_MD,
+        f"file://{model_dir}",
+        replicas=replicas,
+        route=gateway_route(host),
+        canary=canary,
+    )
+    apply(plane, namespace, md)
+    wait_ready(plane, namespace, CANARY_MD)
+    wait_answer(f"{plane.gateway}/v1/models", host)
+    return host
+
+
+def canary_status(plane: DataPlane, namespace: str) -> dict[str, Any]:
+    status = plane.get("-n", namespace, "modeldeployment", CANARY_MD).get("status", {})
+    return dict(status.get("canary") or {})
+
+
+def md_condition(plane: DataPlane, namespace: str, kind: str) -> dict[str, Any]:
+    status = plane.get("-n", namespace, "modeldeployment", CANARY_MD).get("status", {})
+    found = [item for item in status.get("conditions", []) if item["type"] == kind]
+    return dict(found[0]) if found else {}
+
+
+def wait_for_canary(plane: DataPlane, namespace: str, weight: int) -> None:
+    """Until the canary is ready and routed `weight` percent, and the Gateway serves the route."""
+    wait_for(
+        lambda: canary_status(plane, namespace).get("weight") == weight,
+        timeout=180,
+        interval=0.5,
+        what=f"the canary ready and routed {weight}%",
+    )
+    # Traefik rebuilds its configuration a moment after the route changes.
+    wait_answer(f"{plane.gateway}/v1/models", route_host(namespace))
+
+
+def served(plane: DataPlane, namespace: str) -> Counter[str]:
+    """Completions each variant's pods have answered so far, from each server's own counter."""
+    counts: Counter[str] = Counter()
+    for pod in pods(plane, namespace, CANARY_MD):
+        ip = pod.get("status", {}).get("podIP")
+        if not ip or pod["metadata"].get("deletionTimestamp"):
+            continue
+        variant = pod["metadata"]["labels"].get("modelplane.io/variant", "stable")
+        with DIRECT.open(f"http://{ip}:8000/metrics", timeout=5) as response:
+            text = response.read().decode()
+        counts[variant] += sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith(REQUEST_COUNTER) and COMPLETIONS_ROUTE in line
+        )
+    return counts
+
+
+def route_weights(plane: DataPlane, namespace: str) -> dict[str, int]:
+    """The operator's HTTPRoute's weighted rule: backend Service -> weight."""
+    spec = plane.get("-n", namespace, "httproute", CANARY_MD)["spec"]
+    weighted = spec["rules"][-1]["backendRefs"]
+    return {backend["name"]: backend.get("weight", 1) for backend in weighted}
+
+
+class GatewayLoad:
+    """`workers` threads sending completions through the Gateway until stopped (at most
+    SECONDS_MAX); 429s counted, every other failure recorded."""
+
+    SECONDS_MAX = 150
+
+    def __init__(self, plane: DataPlane, host: str, workers: int) -> None:
+        self.client = gateway_client(plane, host, timeout=60)
+        self.statuses: Counter[int] = Counter()
+        self.failures: list[str] = []
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work) for _ in range(workers)]
+
+    def _work(self) -> None:
+        deadline = self.started + self.SECONDS_MAX
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                self.client.completions.create(model=CANARY_MD, prompt="Hello", max_tokens=8)
+                self.statuses[200] += 1
+            except openai.RateLimitError:
+                self.statuses[429] += 1
+            except Exception as error:  # every other failure is one the test must report
+                self.failures.append(describe_failure(error, self.started))
+
+    def __enter__(self) -> GatewayLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=90)
+
+
+def wait_for_phase(plane: DataPlane, namespace: str, phase: str, timeout: float) -> None:
+    """Until the canary reaches `phase`; on timeout, say where it stands and what happened."""
+    try:
+        wait_for(
+            lambda: canary_status(plane, namespace).get("phase") == phase,
+            timeout=timeout,
+            interval=1,
+            what=f"the canary {phase}",
+        )
+    except AssertionError as error:
+        status = json.dumps(canary_status(plane, namespace), indent=1)
+        raise AssertionError(f"{error}\ncanary: {status}\n{events(plane, namespace)}") from None

@@ -10,22 +10,29 @@ condition says so and why).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelplane_operator.canary import analysis, progress, variants
+from modelplane_operator.canary import analysis, capacity, progress, variants
 from modelplane_operator.canary.progress import Event, Facts, Window
-from modelplane_operator.conditions import CANARY_HEALTHY, TRAFFIC_SPLIT, Condition
+from modelplane_operator.conditions import CANARY_HEALTHY, GPU_CAPACITY, TRAFFIC_SPLIT, Condition
 from modelplane_operator.diagnose import rollout_state
 from modelplane_operator.kinds import DEPLOYMENT, HTTP_ROUTE
-from modelplane_operator.kube import Kube, needs_apply, with_hash
+from modelplane_operator.kube import Kube, is_subset, needs_apply, with_hash
 from modelplane_operator.models import (
     Canary,
     CanaryStatus,
     CheckResult,
     ModelDeploymentSpec,
 )
-from modelplane_operator.names import CANARY, STABLE, deployment_name
+from modelplane_operator.names import (
+    CANARY,
+    LABEL_INSTANCE,
+    STABLE,
+    VARIANT_LABEL,
+    deployment_name,
+)
 from modelplane_operator.prometheus import Prometheus, PrometheusError
 from modelplane_operator.render import CanaryPlan, Owner, RenderOptions, render
 from modelplane_operator.render.deployment import desired_replicas
@@ -45,6 +52,20 @@ class CanaryOutcome:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     stable_replicas: int | None = None
+    # The canary's status differs from the one it was decided from.
+    decided: bool = False
+
+
+def _serving(live: Object | None) -> bool:
+    """Whether the canary serves its current settings: a ready pod, and no pod of an older
+    template left (a canary that is only growing keeps its weight)."""
+    if live is None:
+        return False
+    status = live.get("status") or {}
+    generation = int(live["metadata"].get("generation") or 0)
+    current = int(status.get("observedGeneration") or 0) >= generation
+    ready, total = int(status.get("readyReplicas") or 0), int(status.get("replicas") or 0)
+    return current and ready >= 1 and int(status.get("updatedReplicas") or 0) >= total
 
 
 def _stable_replicas(spec: ModelDeploymentSpec, live_stable: Object | None) -> int:
@@ -105,6 +126,43 @@ async def _measure(prometheus: Prometheus | None, canary: Canary, owner: Owner) 
     return Window(results, analysis.window_verdict(results))
 
 
+def _runs(
+    owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions, live: Object | None
+) -> bool:
+    """Whether the live stable Deployment runs `spec` on all its replicas (promotion is done)."""
+    if live is None:
+        return False
+    wanted = with_hash(render(owner, spec, options).children[0])
+    return not needs_apply(wanted, live) and rollout_state(live).complete
+
+
+async def surge_room(
+    kube: Kube,
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    options: RenderOptions,
+    *,
+    cached: bool,
+) -> bool:
+    """Whether stable's rolling update may add a surge pod: always on CPUs; when the template
+    changes (a rollout is due), only if a GPU of the type is free for one more pod; mid-rollout,
+    as the rollout began (no flapping, and no cluster-wide read on every reconcile)."""
+    if spec.accelerator.count == 0 or spec.rollout.max_surge == 0:
+        return True
+    live = await kube.get(DEPLOYMENT, owner.name, owner.namespace, cached=cached)
+    if live is None:
+        return True
+    wanted = with_hash(render(owner, spec, options).children[0])
+    if is_subset(wanted["spec"]["template"], live["spec"].get("template")):
+        strategy = ((live.get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
+        return not (strategy.get("maxSurge") == 0 and not rollout_state(live).complete)
+    usage = await kube.gpu_usage()
+    if usage is None:
+        return True
+    nodes, bound = usage
+    return capacity.free_slots(nodes, bound, spec.accelerator.type, spec.accelerator.count) > 0
+
+
 def preview(spec: ModelDeploymentSpec) -> CanaryPlan | None:
     """The canary as a new one starts, before its pods are ready (no weight yet): what
     `modelplane-operator render` shows."""
@@ -115,6 +173,71 @@ def preview(spec: ModelDeploymentSpec) -> CanaryPlan | None:
     target = progress.target_weight(canary, status)
     replicas = variants.canary_replicas(canary, _stable_replicas(spec, None), target)
     return CanaryPlan(spec=variants.canary_spec(spec, canary), replicas=replicas, weight=0)
+
+
+async def _fit(
+    kube: Kube,
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    status: CanaryStatus,
+    *,
+    wanted: int,
+    live_canary: Object | None,
+) -> tuple[int, int, Condition | None]:
+    """The canary's replicas that fit on free GPUs, the stable replicas lent to make room, and the
+    GPUCapacity condition; without GPUs, or once the canary has its pods, nothing to check."""
+    gpus = spec.accelerator.count
+    if gpus == 0:
+        return wanted, 0, None
+    rollout = rollout_state(live_canary)
+    if rollout.exists and rollout.desired == wanted and rollout.complete:
+        return wanted, status.borrowed, _capacity_condition(status.borrowed, None)
+    usage = await kube.gpu_usage()
+    if usage is None:
+        message = (
+            "the operator may not list nodes and pods (a namespaced install): canary pods may "
+            "wait for GPUs"
+        )
+        return wanted, 0, Condition(GPU_CAPACITY, "Unknown", "CapacityUnknown", message)
+    nodes, bound = usage
+    ours = [
+        pod
+        for pod in bound
+        if pod["metadata"].get("namespace") == owner.namespace
+        and (pod["metadata"].get("labels") or {}).get(LABEL_INSTANCE) == owner.name
+    ]
+    canary_pods = sum(1 for pod in ours if _variant(pod) == CANARY)
+    fixed = desired_replicas(spec)
+    budget = spec.pod_disruption_budget.max_unavailable if spec.pod_disruption_budget.enabled else 1
+    lending = capacity.lend(
+        wanted=wanted,
+        canary_pods=canary_pods,
+        free=capacity.free_slots(nodes, bound, spec.accelerator.type, gpus),
+        borrowed=status.borrowed,
+        # An autoscaler owns stable's replicas: nothing to lend from.
+        stable_replicas=fixed if fixed is not None else 1,
+        stable_pods=len(ours) - canary_pods,
+        max_unavailable=budget,
+    )
+    return (
+        lending.canary_replicas,
+        lending.borrowed,
+        _capacity_condition(lending.borrowed, lending.message),
+    )
+
+
+def _variant(pod: Object) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get(VARIANT_LABEL)
+
+
+def _capacity_condition(borrowed: int, message: str | None) -> Condition:
+    if message is None:
+        words = "every canary pod has its GPUs"
+        if borrowed:
+            words += f" (stable lends {borrowed} replica(s) until the canary ends)"
+        return Condition(GPU_CAPACITY, "True", "Available", words)
+    reason = "Borrowing" if "stable lends" in message else "GPUsFull"
+    return Condition(GPU_CAPACITY, "False", reason, message)
 
 
 def _split_condition(gateway: bool, why: str, routed: int, target: int) -> Condition:
@@ -166,7 +289,7 @@ async def decide(
         events: list[Event] = []
         if previous is not None and previous.get("phase") not in progress.FINAL_PHASES:
             events.append(("Normal", "CanaryRemoved", "spec.canary was removed: canary deleted"))
-        return CanaryOutcome(stable_spec=spec, events=events)
+        return CanaryOutcome(stable_spec=spec, events=events, decided=previous is not None)
     revision = variants.revision(canary)
     status = CanaryStatus.model_validate(previous) if previous is not None else None
     started: list[Event] = []
@@ -181,7 +304,7 @@ async def decide(
         DEPLOYMENT, deployment_name(owner.name, STABLE), owner.namespace, cached=cached
     )
     canary_rollout = rollout_state(live_canary)
-    canary_ready = canary_rollout.complete and canary_rollout.desired > 0
+    canary_ready = _serving(live_canary)
     gateway = spec.route is not None and HTTP_ROUTE.crd in options.installed_crds
     stable_count = _stable_replicas(spec, live_stable)
 
@@ -192,15 +315,13 @@ async def decide(
             return weight
         return variants.ratio_weight(stable_count, canary_rollout.ready)
 
-    stable_promoted = False
-    if status.phase == "Promoting":
-        probe = render(owner, canary_spec, options)
-        stable_child = with_hash(probe.children[0])
-        stable_promoted = (
-            live_stable is not None
-            and not needs_apply(stable_child, live_stable)
-            and rollout_state(live_stable).complete
-        )
+    lent = status.borrowed
+    stable_promoted = status.phase == "Promoting" and _runs(
+        owner,
+        canary_spec,
+        dataclasses.replace(options, stable_replicas=stable_count - lent if lent else None),
+        live_stable,
+    )
     window = None
     current = routed(progress.target_weight(canary, status))
     if progress.analysis_due(canary, status, now, current):
@@ -213,16 +334,22 @@ async def decide(
     status = decision.status
     target = progress.target_weight(canary, status)
     weight = routed(target)
-    replicas = (
+    wanted = (
         variants.canary_replicas(canary, stable_count, target)
         if gateway
         else (canary.replicas or variants.ratio_replicas(stable_count, target))
     )
+    replicas, borrowed, capacity_condition = 0, 0, None
+    if status.phase not in progress.FINAL_PHASES:
+        replicas, borrowed, capacity_condition = await _fit(
+            kube, owner, spec, status, wanted=wanted, live_canary=live_canary
+        )
     status = status.model_copy(
         update={
             "weight": weight,
             "split": "Gateway" if gateway else "ReplicaRatio",
-            "replicas": 0 if status.phase in progress.FINAL_PHASES else replicas,
+            "replicas": replicas,
+            "borrowed": borrowed,
         }
     )
     status = status.model_copy(update={"summary": progress.summary(canary, status, weight)})
@@ -232,6 +359,8 @@ async def decide(
         header = canary.traffic.header if canary_ready and gateway else None
         plan = CanaryPlan(spec=canary_spec, replicas=replicas, weight=weight, header=header)
     conditions = [_health_condition(status)]
+    if capacity_condition is not None:
+        conditions.append(capacity_condition)
     if status.phase not in progress.FINAL_PHASES:
         conditions.append(_split_condition(gateway, _why_approximate(spec), weight, target))
     return CanaryOutcome(
@@ -241,4 +370,6 @@ async def decide(
         conditions=conditions,
         events=started + decision.events,
         requeue_after=decision.requeue_after,
+        stable_replicas=stable_count - borrowed if borrowed else None,
+        decided=status.model_dump(by_alias=True, exclude_none=True) != previous,
     )

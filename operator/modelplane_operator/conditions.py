@@ -10,6 +10,8 @@ Every condition type's healthy value is True (kstatus convention; a negative-pol
 - MonitoringReady: the ServiceMonitor exists, or none is wanted (False: CRDNotInstalled).
 - CanaryHealthy (with a canary): progressing, promoting or promoted (False: RolledBack, with the
   failing check; Unknown: Inconclusive, paused).
+- GPUCapacity (with a canary on GPUs): every canary pod has a free GPU (False: Borrowing, stable
+  lends replicas, or GPUsFull; Unknown: CapacityUnknown, the operator may not list nodes).
 - TrafficSplit (with a canary): the split is exact, by HTTPRoute weights (False: ApproximateSplit,
   by replica ratio, and why).
 """
@@ -26,6 +28,7 @@ AUTOSCALER_READY = "AutoscalerReady"
 MONITORING_READY = "MonitoringReady"
 CANARY_HEALTHY = "CanaryHealthy"
 TRAFFIC_SPLIT = "TrafficSplit"
+GPU_CAPACITY = "GPUCapacity"
 # A child the spec asks for needs an add-on whose CRD is not installed (kinds.ChildKind.crd).
 CRD_NOT_INSTALLED = "CRDNotInstalled"
 CONDITION_TYPES = (
@@ -35,6 +38,7 @@ CONDITION_TYPES = (
     AUTOSCALER_READY,
     MONITORING_READY,
     CANARY_HEALTHY,
+    GPU_CAPACITY,
     TRAFFIC_SPLIT,
 )
 

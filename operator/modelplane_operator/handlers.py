@@ -127,13 +127,15 @@ async def startup(memo: Any, logger: Any, **_: Any) -> None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: Any, **_: Any) -> None:
-    """Stop the resync loop and close the client."""
+    """Stop the resync loop and close the clients (the API's, Prometheus')."""
     context = context_of(memo)
     for task in context.tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     context.tasks.clear()
+    if context.reconciler is not None:
+        await context.reconciler.close()
     if context.client is not None:
         await context.client.close()
 

@@ -24,13 +24,14 @@ from datetime import UTC, datetime
 from decimal import InvalidOperation
 from typing import Any, TypeVar
 
-from lightkube import ApiError, AsyncClient
+from lightkube import ALL_NS, ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.operators import not_equal
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import Event, Pod, Service
+from lightkube.resources.core_v1 import Event, Node, Pod, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
@@ -70,6 +71,7 @@ def resource_for(kind: ChildKind) -> type[NamespacedResource]:
 HASH_ANNOTATION = f"{GROUP}/applied-hash"
 CONFLICT = 409
 NOT_FOUND = 404
+FORBIDDEN = 403
 
 
 def to_object(resource: Any) -> Object:
@@ -276,6 +278,23 @@ class Kube:
     ) -> list[Object]:
         """Pods selected by labels (naming the instance)."""
         return await self.list_children(POD, namespace, labels, cached=cached)
+
+    async def gpu_usage(self) -> tuple[list[Object], list[Object]] | None:
+        """Every node, and every pod bound to a node (all namespaces), as the capacity check reads
+        them; None when the operator may not list them (a namespaced install)."""
+        try:
+            nodes = [to_object(item) async for item in self.client.list(Node)]
+            pods = [
+                to_object(item)
+                async for item in self.client.list(
+                    Pod, namespace=ALL_NS, fields={"spec.nodeName": not_equal("")}
+                )
+            ]
+        except ApiError as error:
+            if error.status.code == FORBIDDEN:
+                return None
+            raise
+        return nodes, pods
 
     async def crd_installed(self, name: str) -> bool:
         """Whether a CustomResourceDefinition exists (e.g. the Prometheus Operator's); the answer

@@ -1273,7 +1273,11 @@ class CanaryStatus(ApiModel):
             "How the split is made: HTTPRoute weights, or the replica ratio behind the Service."
         ),
     )
-    replicas: int = Field(default=0, description="Canary replicas wanted.")
+    replicas: int = Field(default=0, description="Canary replicas that fit now.")
+    borrowed: int = Field(
+        default=0,
+        description="Replicas stable lends the canary because no GPU of the type is free.",
+    )
     failures: int = Field(default=0, description="Failed analysis windows so far.")
     inconclusive_since: str | None = Field(
         default=None, description="Since when every window was Inconclusive."

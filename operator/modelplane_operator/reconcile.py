@@ -333,18 +333,22 @@ async def reconcile(
         now=now(),
         cached=reads.cached(DEPLOYMENT),
     )
-    rendered = render(
-        owner,
-        canary.stable_spec,
-        dataclasses.replace(options, canary=canary.plan, stable_replicas=canary.stable_replicas),
+    options = dataclasses.replace(
+        options, canary=canary.plan, stable_replicas=canary.stable_replicas
     )
+    surge = await canary_control.surge_room(
+        kube, owner, canary.stable_spec, options, cached=reads.cached(DEPLOYMENT)
+    )
+    rendered = render(owner, canary.stable_spec, dataclasses.replace(options, surge=surge))
     outcome = Outcome(ready="Unknown", reason="")
 
     live_children = await _apply_children(kube, rendered.children, outcome, reads)
     # Kinds the cluster serves; of a kind whose CRD is gone nothing can be left to delete.
     served = [kind for kind in CHILD_KINDS if kind.crd is None or kind.crd in installed]
     await _delete_unwanted(kube, served, live_children, owner, outcome, reads=reads)
-    if defer_status and outcome.writes:
+    # A canary decision (a step, a window's verdict, a rollback) is written at once: the next
+    # reconcile decides from the status, and must not take the same decision again.
+    if defer_status and outcome.writes and not canary.decided:
         outcome.status_deferred = True
         return outcome
 
@@ -484,6 +488,11 @@ class Reconciler:
             asyncio.get_running_loop().call_later(wait, self._ready.put_nowait, key)
         else:
             self._ready.put_nowait(key)
+
+    async def close(self) -> None:
+        """Close the Prometheus client (the API client is the caller's)."""
+        if self._prometheus is not None:
+            await self._prometheus.close()
 
     @property
     def idle(self) -> bool:

@@ -55,6 +55,12 @@ class FakeKube:
         self.fail_next: list[Exception] = []
         self.events: list[tuple[str, str, str]] = []
         self.pods: list[dict[str, Any]] = []
+        # The cluster's GPU nodes and the pods bound to them, for the canary's capacity check.
+        self.nodes: list[dict[str, Any]] = [gpu_node("gpu-0", 64)]
+        self.bound: list[dict[str, Any]] = []
+
+    async def gpu_usage(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return copy.deepcopy(self.nodes), copy.deepcopy(self.bound)
 
     async def crd_installed(self, name: str) -> bool:
         return self.prometheus
@@ -120,6 +126,27 @@ class FakeKube:
         self, owner: dict[str, Any], event_type: str, reason: str, message: str
     ) -> None:
         self.events.append((event_type, reason, message))
+
+
+def gpu_node(name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def bound_pod(node: str, gpus: int, variant: str, instance: str = "demo") -> dict[str, Any]:
+    labels = {LABEL_INSTANCE: instance, "modelplane.io/variant": variant}
+    resources = {"requests": {"nvidia.com/gpu": str(gpus)}}
+    return {
+        "metadata": {"name": f"{variant}-{node}", "namespace": "models", "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "server", "resources": resources}]},
+        "status": {"phase": "Running"},
+    }
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -545,3 +572,126 @@ async def test_without_a_route_the_split_is_by_replica_ratio_and_says_so() -> No
     split = next(item for item in status["conditions"] if item["type"] == "TrafficSplit")
     assert (split["status"], split["reason"]) == ("False", "ApproximateSplit")
     assert "spec.route is not set" in split["message"]
+
+
+async def test_with_every_gpu_taken_stable_lends_a_replica_and_the_canary_never_pends() -> None:
+    fake = FakeKube(
+        body(replicas=2, accelerator={"count": 8}, canary={"image": "server:2"}), prometheus=True
+    )
+    fake.nodes = [gpu_node("gpu-0", 8), gpu_node("gpu-1", 8)]
+    fake.bound = [bound_pod("gpu-0", 8, "stable"), bound_pod("gpu-1", 8, "stable")]
+    await reconcile(as_kube(fake), fake.body)
+    # Stable shrinks first; the canary gets no pod until a GPU is really free.
+    assert fake.objects[("Deployment", "models", "demo")]["spec"]["replicas"] == 1
+    assert fake.objects[("Deployment", "models", "demo-canary")]["spec"]["replicas"] == 0
+    capacity = next(c for c in fake.body["status"]["conditions"] if c["type"] == "GPUCapacity")
+    assert (capacity["status"], capacity["reason"]) == ("False", "Borrowing"), capacity
+    assert "stable lends 1 replica(s)" in capacity["message"]
+    # Still draining: nothing more is lent, the canary still waits.
+    await reconcile(as_kube(fake), fake.body)
+    assert fake.body["status"]["canary"]["borrowed"] == 1
+    assert fake.objects[("Deployment", "models", "demo-canary")]["spec"]["replicas"] == 0
+    # The stable pod is gone: its GPUs go to the canary; stable stays lent while the canary runs.
+    fake.bound = fake.bound[:1]
+    await reconcile(as_kube(fake), fake.body)
+    assert fake.objects[("Deployment", "models", "demo")]["spec"]["replicas"] == 1
+    assert fake.objects[("Deployment", "models", "demo-canary")]["spec"]["replicas"] == 1
+    # The canary ends (removed): stable gets its replica back.
+    del fake.body["spec"]["canary"]
+    await reconcile(as_kube(fake), fake.body)
+    assert fake.objects[("Deployment", "models", "demo")]["spec"]["replicas"] == 2
+
+
+async def test_stable_never_lends_its_last_replica() -> None:
+    fake = FakeKube(
+        body(replicas=1, accelerator={"count": 8}, canary={"image": "server:2"}), prometheus=True
+    )
+    fake.nodes = [gpu_node("gpu-0", 8)]
+    fake.bound = [bound_pod("gpu-0", 8, "stable")]
+    await reconcile(as_kube(fake), fake.body)
+    assert fake.objects[("Deployment", "models", "demo")]["spec"]["replicas"] == 1
+    assert fake.objects[("Deployment", "models", "demo-canary")]["spec"]["replicas"] == 0
+    capacity = next(c for c in fake.body["status"]["conditions"] if c["type"] == "GPUCapacity")
+    assert (capacity["status"], capacity["reason"]) == ("False", "GPUsFull"), capacity
+    assert "the canary runs 0 of 1" in capacity["message"]
+
+
+async def test_a_rolling_update_with_every_gpu_taken_replaces_in_place_not_by_surge() -> None:
+    fake = FakeKube(body(replicas=2, accelerator={"count": 8}), prometheus=True)
+    fake.nodes = [gpu_node("gpu-0", 8), gpu_node("gpu-1", 8)]
+    fake.bound = [bound_pod("gpu-0", 8, "stable"), bound_pod("gpu-1", 8, "stable")]
+    await reconcile(as_kube(fake), fake.body)
+    make_ready(fake, "demo")
+
+    def strategy() -> dict[str, Any]:
+        deployment = fake.objects[("Deployment", "models", "demo")]
+        rolling: dict[str, Any] = deployment["spec"]["strategy"]["rollingUpdate"]
+        return rolling
+
+    assert strategy() == {"maxSurge": 1, "maxUnavailable": 0}
+    fake.body["spec"]["image"] = "server:2"
+    await reconcile(as_kube(fake), fake.body)
+    assert strategy() == {"maxSurge": 0, "maxUnavailable": 1}
+    # Mid-rollout a GPU frees (an old pod ended): the rollout goes on as it began.
+    fake.bound = fake.bound[:1]
+    fake.objects[("Deployment", "models", "demo")]["status"] = {
+        "replicas": 2, "readyReplicas": 1, "updatedReplicas": 1
+    }  # fmt: skip
+    await reconcile(as_kube(fake), fake.body)
+    assert strategy() == {"maxSurge": 0, "maxUnavailable": 1}
+    make_ready(fake, "demo")
+    await reconcile(as_kube(fake), fake.body)
+    assert strategy() == {"maxSurge": 1, "maxUnavailable": 0}
+    # With a GPU free, the next rollout surges as the spec says.
+    fake.body["spec"]["image"] = "server:3"
+    await reconcile(as_kube(fake), fake.body)
+    assert strategy() == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+class FakePrometheus:
+    """Answers the analysis' queries: samples for both variants, an error ratio per variant."""
+
+    def __init__(self, ratios: dict[str, float]) -> None:
+        self.ratios = ratios
+
+    async def value(self, query: str) -> float:
+        variant = "canary" if 'variant="canary"' in query else "stable"
+        if query.startswith("sum(increase("):
+            return 500.0
+        return self.ratios[variant]
+
+
+async def test_a_rollback_decided_while_children_change_is_written_at_once_and_sticks() -> None:
+    canary = {
+        "image": "server:2",
+        "steps": [{"weight": 50, "analysis": True}],
+        "analysis": {"interval": "1m", "checks": [
+            {"name": "errors", "metric": "ErrorRatio", "maxIncrease": 0.01}
+        ]},
+    }  # fmt: skip
+    fake = FakeKube(body(replicas=2, route=ROUTE, canary=canary), prometheus=True)
+    prometheus: Any = FakePrometheus({"canary": 0.4, "stable": 0.0})
+    await reconcile(as_kube(fake), fake.body, now=lambda: "2026-12-07T10:00:00Z")
+    make_ready(fake, "demo-canary")
+    await reconcile(as_kube(fake), fake.body, now=lambda: "2026-12-07T10:00:05Z")
+    assert fake.body["status"]["canary"]["weight"] == 50
+    # The window fails: weight 0 and the canary deleted (child writes), and the decision is in
+    # status in the same reconcile, though status writes are otherwise deferred after children.
+    outcome = await reconcile(
+        as_kube(fake),
+        fake.body,
+        now=lambda: "2026-12-07T10:01:10Z",
+        defer_status=True,
+        prometheus=prometheus,
+    )
+    assert not outcome.status_deferred
+    assert fake.body["status"]["canary"]["phase"] == "RolledBack"
+    assert ("Deployment", "models", "demo-canary") not in fake.objects
+    kind, reason, message = fake.events[-1]
+    assert (kind, reason) == ("Warning", "CanaryRolledBack")
+    assert "errors: canary 0.4 exceeds stable 0 by 0.4" in message
+    assert "canary 500 requests, stable 500" in message
+    # And it sticks: nothing brings the canary back.
+    fake.writes.clear()
+    await reconcile(as_kube(fake), fake.body, now=lambda: "2026-12-07T10:02:30Z")
+    assert fake.writes == []

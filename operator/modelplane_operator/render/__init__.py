@@ -46,7 +46,14 @@ def render(owner: Owner, spec: ModelDeploymentSpec, options: RenderOptions) -> R
     placement = place_model(spec.model, spec.image, spec.image_pull_policy, size_gib)
     budget = startup_budget_seconds(spec, size_gib)
     children: list[Manifest] = [
-        render_deployment(owner, spec, placement, budget, replicas=options.stable_replicas),
+        render_deployment(
+            owner,
+            spec,
+            placement,
+            budget,
+            replicas=options.stable_replicas,
+            surge=options.surge,
+        ),
         render_service(owner, spec),
     ]
     children += _variants(owner, spec, options.canary)

@@ -148,6 +148,7 @@ def render_deployment(
     *,
     variant: Variant = STABLE,
     replicas: int | None = None,
+    surge: bool = True,
 ) -> Manifest:
     """The Deployment running one variant's server pods; `replicas` overrides the spec's (the
     canary's, or stable's while it lends GPUs)."""
@@ -254,8 +255,12 @@ def render_deployment(
         selector=LabelSelector(matchLabels=variant_labels(owner.name, variant)),
         strategy=DeploymentStrategy(
             type="RollingUpdate",
+            # Without a free GPU a surge pod would wait Pending: replace in place instead.
             rollingUpdate=RollingUpdateDeployment(
-                maxSurge=spec.rollout.max_surge, maxUnavailable=spec.rollout.max_unavailable
+                maxSurge=spec.rollout.max_surge if surge else 0,
+                maxUnavailable=spec.rollout.max_unavailable
+                if surge
+                else max(1, spec.rollout.max_unavailable),
             ),
         ),
         progressDeadlineSeconds=progress_deadline,

@@ -47,6 +47,8 @@ class RenderOptions:
     canary: CanaryPlan | None = None
     # Stable's replicas while it lends GPUs to the canary (None: as the spec says).
     stable_replicas: int | None = None
+    # False when no GPU is free for a surge pod: stable's rolling update replaces pods in place.
+    surge: bool = True
 
 
 @dataclass(frozen=True)
