@@ -18,15 +18,22 @@ import pytest
 from dataplanesupport import (
     DataPlane,
     GatewayLoad,
+    apply,
     canary_status,
     events,
     gateway_client,
+    gateway_route,
     md_condition,
+    model_deployment,
+    pods,
+    route_host,
     route_weights,
     served,
     start_with_route,
+    wait_answer,
     wait_for_canary,
     wait_for_phase,
+    wait_ready,
 )
 
 from testsupport import wait_for
@@ -181,3 +188,51 @@ def test_a_healthy_canary_advances_and_is_promoted_without_a_failed_request(
     assert "--max-wait-ms=4" in args
     assert route_weights(dataplane, dp_namespace) == {"tiny-stable": 100}
     assert "CanaryPromoted" in events(dataplane, dp_namespace)
+
+
+def test_with_every_gpu_taken_stable_lends_and_nothing_waits_pending(
+    dataplane: DataPlane, dataplane_operator: object, dp_namespace: str, tiny_llama_dir: Path
+) -> None:
+    # Two replicas of 8 GPUs take both nodes of the data plane (2 x 8 nvidia.com/gpu).
+    canary = {"server": {"maxWaitMs": 4}, "replicas": 1, "traffic": {"weight": 50}}
+    host = route_host(dp_namespace)
+    md = model_deployment(
+        "tiny",
+        f"file://{tiny_llama_dir}",
+        replicas=2,
+        accelerator={"count": 8},
+        route=gateway_route(host),
+    )
+    apply(dataplane, dp_namespace, md)
+    wait_ready(dataplane, dp_namespace, "tiny")
+    wait_answer(f"{dataplane.gateway}/v1/models", host)
+    pending: list[str] = []
+    reasons: set[str] = set()
+
+    def nothing_pends_until_served() -> bool:
+        reasons.add(md_condition(dataplane, dp_namespace, "GPUCapacity").get("reason", ""))
+        pending.extend(
+            f"{pod['metadata']['name']}: {item.get('message')}"
+            for pod in pods(dataplane, dp_namespace, "tiny")
+            for item in pod.get("status", {}).get("conditions", [])
+            if item["type"] == "PodScheduled" and item["status"] == "False"
+        )
+        return canary_status(dataplane, dp_namespace).get("weight") == 50
+
+    with GatewayLoad(dataplane, host, 2) as load:
+        dataplane.kubectl(
+            "patch", "-n", dp_namespace, "modeldeployment", "tiny", "--type=merge",
+            "-p", json.dumps({"spec": {"canary": canary}}),
+        )  # fmt: skip
+        wait_for(nothing_pends_until_served, timeout=180, interval=0.5, what="the canary served")
+        capacity = md_condition(dataplane, dp_namespace, "GPUCapacity")
+    assert not pending, pending[:3]
+    assert not load.failures, load.failures[:3]
+    assert load.statuses[200] > 0
+    assert capacity["status"] == "True", capacity
+    assert "stable lends 1 replica(s)" in capacity["message"], capacity
+    assert canary_status(dataplane, dp_namespace)["borrowed"] == 1
+    stable = dataplane.get("-n", dp_namespace, "deployment", "tiny")
+    assert stable["spec"]["replicas"] == 1
+    # On the way, the condition said why the canary waited: stable was lending.
+    assert "Borrowing" in reasons, reasons

@@ -6,19 +6,9 @@ from dataclasses import dataclass
 
 from modelplane_operator import autoscaling as autoscaling_plan
 from modelplane_operator.autoscaling import Actuator, Windows
-from modelplane_operator.kinds import (
-    SCALED_OBJECT,
-)
-from modelplane_operator.models import (
-    ModelDeploymentSpec,
-)
-from modelplane_operator.render.objects import (
-    Manifest,
-    Owner,
-    RenderOptions,
-    manifest,
-    metadata,
-)
+from modelplane_operator.kinds import SCALED_OBJECT
+from modelplane_operator.models import ModelDeploymentSpec
+from modelplane_operator.render.objects import Manifest, Owner, RenderOptions, manifest, metadata
 
 PROMETHEUS_URL_MISSING = (
     "actuator KEDA needs the operator's Prometheus URL (chart value prometheus.url, "

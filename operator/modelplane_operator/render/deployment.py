@@ -5,11 +5,7 @@ from __future__ import annotations
 import math
 from typing import cast
 
-from lightkube.models.apps_v1 import (
-    DeploymentSpec,
-    DeploymentStrategy,
-    RollingUpdateDeployment,
-)
+from lightkube.models.apps_v1 import DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment
 from lightkube.models.core_v1 import (
     Affinity,
     ConfigMapKeySelector,
@@ -36,9 +32,7 @@ from lightkube.models.core_v1 import (
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 
 from modelplane_operator import server_contract
-from modelplane_operator.models import (
-    ModelDeploymentSpec,
-)
+from modelplane_operator.models import ModelDeploymentSpec
 from modelplane_operator.names import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,

@@ -5,19 +5,10 @@ from __future__ import annotations
 from lightkube.models.meta_v1 import LabelSelector
 from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
 
-from modelplane_operator.models import (
-    ModelDeploymentSpec,
-)
-from modelplane_operator.names import (
-    instance_labels,
-)
+from modelplane_operator.models import ModelDeploymentSpec
+from modelplane_operator.names import instance_labels
 from modelplane_operator.render.deployment import max_replicas
-from modelplane_operator.render.objects import (
-    Manifest,
-    Owner,
-    manifest,
-    metadata,
-)
+from modelplane_operator.render.objects import Manifest, Owner, manifest, metadata
 
 
 def render_disruption_budget(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:

@@ -20,13 +20,8 @@ from lightkube.models.core_v1 import (
     VolumeMount,
 )
 
-from modelplane_operator.models import (
-    ModelDeploymentSpec,
-    ModelSource,
-)
-from modelplane_operator.render.objects import (
-    container_security,
-)
+from modelplane_operator.models import ModelDeploymentSpec, ModelSource
+from modelplane_operator.render.objects import container_security
 
 MODEL_VOLUME = "model"
 

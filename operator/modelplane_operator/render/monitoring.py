@@ -5,22 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from modelplane_operator import server_contract, slo_rules
-from modelplane_operator.kinds import (
-    PROMETHEUS_RULE,
-)
-from modelplane_operator.models import (
-    ModelDeploymentSpec,
-)
-from modelplane_operator.names import (
-    VARIANT_LABEL,
-    instance_labels,
-)
-from modelplane_operator.render.objects import (
-    Manifest,
-    Owner,
-    RenderOptions,
-    metadata,
-)
+from modelplane_operator.kinds import PROMETHEUS_RULE
+from modelplane_operator.models import ModelDeploymentSpec
+from modelplane_operator.names import VARIANT_LABEL, instance_labels
+from modelplane_operator.render.objects import Manifest, Owner, RenderOptions, metadata
 
 # Labels on every series of a server besides Prometheus-Operator's own (namespace, pod, service,
 # endpoint, container): the ModelDeployment and the variant (`stable` unless the pod says so).

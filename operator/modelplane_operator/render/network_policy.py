@@ -11,18 +11,9 @@ from lightkube.models.networking_v1 import (
 )
 
 from modelplane_operator import server_contract
-from modelplane_operator.models import (
-    ModelDeploymentSpec,
-)
-from modelplane_operator.names import (
-    instance_labels,
-)
-from modelplane_operator.render.objects import (
-    Manifest,
-    Owner,
-    manifest,
-    metadata,
-)
+from modelplane_operator.models import ModelDeploymentSpec
+from modelplane_operator.names import instance_labels
+from modelplane_operator.render.objects import Manifest, Owner, manifest, metadata
 
 
 def render_network_policy(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:

@@ -8,11 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightkube.models.core_v1 import (
-    Capabilities,
-    SeccompProfile,
-    SecurityContext,
-)
+from lightkube.models.core_v1 import Capabilities, SeccompProfile, SecurityContext
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 
 from modelplane_operator.models import API_VERSION, KIND, HeaderMatch, ModelDeploymentSpec

@@ -7,12 +7,7 @@ from lightkube.models.core_v1 import ServicePort, ServiceSpec
 
 from modelplane_operator import server_contract
 from modelplane_operator.models import ModelDeploymentSpec
-from modelplane_operator.names import (
-    Variant,
-    instance_labels,
-    variant_labels,
-    variant_service_name,
-)
+from modelplane_operator.names import Variant, instance_labels, variant_labels, variant_service_name
 from modelplane_operator.render.objects import Manifest, Owner, manifest, metadata
 
 
