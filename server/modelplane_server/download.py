@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
-from huggingface_hub import HfApi, get_session, hf_hub_url, hf_raise_for_status
+from huggingface_hub import HfApi, get_session, hf_raise_for_status
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 
@@ -277,7 +278,9 @@ def fetch(
         partial.unlink()
         offset = 0
     if offset < file.size:
-        url = hf_hub_url(request.repo, file.path, revision=commit, endpoint=request.endpoint)
+        # Built here, not by hf_hub_url: that fills a template made from the endpoint
+        # huggingface_hub read at import, which need not be `request.endpoint`.
+        url = f"{request.endpoint}/{request.repo}/resolve/{commit}/{quote(file.path)}"
         # Identity: the sizes to check are of the raw bytes.
         headers = {"Accept-Encoding": "identity"}
         if request.token:

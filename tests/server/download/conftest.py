@@ -8,9 +8,8 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
-from dataplane.embedded import package_files
 
-from hfserver import HubRepo, HubServer, serving
+from hfserver import HubRepo, HubServer, embedded_repo, serving
 
 TINY = "tiny-org/tiny-model"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -33,16 +32,33 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def hub(tiny_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+def hub(
+    tiny_files: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[HubServer]:
     """The local hub on 127.0.0.1, `HF_ENDPOINT` pointing at it and no token in the environment.
 
-    The test session runs with HF_HUB_OFFLINE=1 (tests/modelfixtures.py) and huggingface_hub read
-    it at import; only these tests turn it off, with the endpoint already on loopback.
+    The test session runs with HF_HUB_OFFLINE=1 (tests/modelfixtures.py), and huggingface_hub read
+    that and its endpoint at import. Only these tests turn offline mode off, so everything the
+    library might reach on its own is pointed at the local hub first: its default endpoint and the
+    file URL template built from it (the agent-harness registry it fetches for the user agent goes
+    there), telemetry off, and a cache
+    of the test's own instead of ~/.cache/huggingface.
     """
-    smollm2 = {path.name: path for path in package_files("smollm2")}
-    repos = [HubRepo.from_files(TINY, tiny_files), HubRepo.from_files(SMOLLM2, smollm2)]
+    repos = [HubRepo.from_files(TINY, tiny_files), embedded_repo(SMOLLM2)]
     with serving(repos) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        monkeypatch.setattr(
+            huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache"))
+        )
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         yield server
