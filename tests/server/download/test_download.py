@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,26 @@ def test_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert (request.token, request.capacity_bytes) == ("from-env", 5)
     with pytest.raises(SystemExit):
         parse_request(["hf://no-org", str(tmp_path)])
+
+
+def test_progress_shows_while_a_throttled_download_runs(hub: HubServer, tmp_path: Path) -> None:
+    hub.behaviour.bytes_per_second = 150_000  # the ~300 KB weights take about 2 s
+    request = DownloadRequest(repo=TINY, revision="main", target=tmp_path, endpoint=hub.endpoint)
+    seen: list[dict[str, object]] = []
+    worker = threading.Thread(target=download, args=(request,))
+    started = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        if CacheDir(tmp_path).progress_path.is_file():
+            seen.append(progress_of(tmp_path))
+        time.sleep(0.05)
+    worker.join()
+    elapsed = time.monotonic() - started
+    total = sum(f.size for f in hub.repos[TINY].files)
+    midway = [
+        p for p in seen if p["phase"] == "Downloading" and 0 < int(str(p["bytesDone"])) < total
+    ]
+    assert midway, seen
+    assert all(p["bytesTotal"] == total for p in midway)
+    assert elapsed >= 300_000 / 150_000 * 0.9  # the throttle held
+    assert progress_of(tmp_path)["phase"] == "Complete"
