@@ -6,7 +6,8 @@ like any local model directory) and, beside them, Modelplane's own bookkeeping u
 
 - `manifest.json`, written last and only after every file was verified: what is in the directory
   (repository, requested and resolved revision, every file with its size and checksum, the total).
-  Its presence means the cache is complete.
+  Its presence means the cache is complete at the commit it names (a download that resolves to
+  another commit removes it first).
 - `progress.json`, rewritten while the download runs: phase, bytes done and total, and on failure
   the reason and message. An operator (or `cat`) reads it; it is replaced atomically, so a reader
   never sees half a file.

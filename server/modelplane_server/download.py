@@ -318,6 +318,9 @@ def attempt(request: DownloadRequest, cache: CacheDir, progress: Progress) -> di
     with classified():
         commit, files = resolve(request)
         manifest = cache.read_manifest()
+        if manifest and manifest.get("commit") != commit:
+            # The manifest says "complete"; for another commit that is no longer true.
+            cache.manifest_path.unlink()
         progress.commit = commit
         progress.files_total = len(files)
         progress.bytes_total = sum(f.size for f in files)

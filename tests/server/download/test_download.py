@@ -3,6 +3,7 @@ the one-line reason each failure class ends with."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hfserver import HubServer
+from hfserver import HubFile, HubServer
 from modelplane_server.cachedir import CacheDir
 from modelplane_server.cli import main
 from modelplane_server.download import (
@@ -86,6 +87,29 @@ def test_a_tampered_file_is_fetched_again(
     assert run(capsys, f"hf://{TINY}", str(tmp_path))[0] == 0
     assert len(hub.fetches(TINY, "config.json")) == 2
     assert len(hub.fetches(TINY, "model.safetensors")) == 1
+
+
+def test_a_new_commit_drops_the_manifest_until_it_is_complete(
+    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    assert run(capsys, f"hf://{TINY}", str(cache))[0] == 0
+    new_weights = tmp_path / "v2.safetensors"
+    new_weights.write_bytes(bytes(reversed(range(256))) * 1200)
+    repo = hub.repos[TINY]
+    files = tuple(f for f in repo.files if f.path != "model.safetensors")
+    hub.repos[TINY] = dataclasses.replace(
+        repo, commit="f" * 40, files=(*files, HubFile("model.safetensors", new_weights))
+    )
+    hub.behaviour.drop_after_bytes, hub.behaviour.drops_left = 1000, 1
+    assert run(capsys, f"hf://{TINY}", str(cache), "--attempts=1")[0] == NETWORK.exit_code
+    assert CacheDir(cache).read_manifest() is None  # resolved to a new commit, not complete
+    assert run(capsys, f"hf://{TINY}", str(cache))[0] == 0
+    manifest = CacheDir(cache).read_manifest()
+    assert manifest is not None
+    assert manifest["commit"] == "f" * 40
+    assert (cache / "model.safetensors").read_bytes() == new_weights.read_bytes()
+    assert len(hub.fetches(TINY, "config.json")) == 1  # unchanged content: not fetched again
 
 
 @pytest.mark.slow
