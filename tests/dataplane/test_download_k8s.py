@@ -40,14 +40,30 @@ def claim(name: str, size: str) -> dict[str, Any]:
     }
 
 
-def download_job(name: str, claim_name: str, capacity_bytes: int, hub: HubServer) -> dict[str, Any]:
+def download_job(
+    name: str, claim_name: str, capacity_bytes: int, hub: HubServer, *extra_args: str
+) -> dict[str, Any]:
     """What the operator's ModelCache will render: the server image's download command."""
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name},
         "spec": {
-            "backoffLimit": 0,
+            # A new pod only for a network failure (exit 6): auth, not-found and out-of-space
+            # (exits 3, 4, 5) cannot be fixed by trying again.
+            "backoffLimit": 1,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "download",
+                            "operator": "In",
+                            "values": [3, 4, 5],
+                        },
+                    }
+                ]
+            },
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
@@ -64,6 +80,7 @@ def download_job(name: str, claim_name: str, capacity_bytes: int, hub: HubServer
                                 "/cache",
                                 f"--gguf-file={GGUF}",
                                 f"--capacity-bytes={capacity_bytes}",
+                                *extra_args,
                             ],
                             "env": [
                                 {"name": "HF_ENDPOINT", "value": hub.endpoint},
@@ -91,10 +108,9 @@ def job_condition(plane: DataPlane, namespace: str, name: str) -> str | None:
     return None
 
 
-def job_pod(plane: DataPlane, namespace: str, name: str) -> dict[str, Any]:
+def job_pods(plane: DataPlane, namespace: str, name: str) -> list[dict[str, Any]]:
     items = plane.get("-n", namespace, "pods", "-l", f"job-name={name}")["items"]
-    assert len(items) == 1, items
-    return dict(items[0])
+    return sorted(items, key=lambda pod: pod["metadata"]["creationTimestamp"])
 
 
 def test_a_download_job_fills_a_bound_claim_once(
@@ -116,7 +132,7 @@ def test_a_download_job_fills_a_bound_claim_once(
     done = wait_for(
         lambda: job_condition(dataplane, dp_namespace, "fill"), timeout=120, what="the Job"
     )
-    assert done == "Complete", job_pod(dataplane, dp_namespace, "fill")["status"]
+    assert done == "Complete", [pod["status"] for pod in job_pods(dataplane, dp_namespace, "fill")]
     claim_dir = dataplane.kubelet_dir / "claims" / dp_namespace / "smollm2"
     manifest = json.loads((claim_dir / ".modelplane" / "manifest.json").read_text())
     source = hub.repos[SMOLLM2].file(GGUF)
@@ -142,10 +158,40 @@ def test_a_claim_too_small_fails_the_job_with_the_reason(
         lambda: job_condition(dataplane, dp_namespace, "fill"), timeout=120, what="the Job"
     )
     assert done == "Failed"
-    status = job_pod(dataplane, dp_namespace, "fill")["status"]
+    job = dataplane.get("-n", dp_namespace, "job", "fill")
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodFailurePolicy"
+    (pod,) = job_pods(dataplane, dp_namespace, "fill")  # not retried
+    status = pod["status"]
     assert status["phase"] == "Failed"
     terminated = status["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 5
     assert terminated["message"].splitlines()[-1].startswith("OutOfSpace: the model is ")
     claim_dir = Path(dataplane.kubelet_dir) / "claims" / dp_namespace / "tiny"
     assert not (claim_dir / GGUF).exists()
+
+
+def test_a_new_pod_continues_the_download_its_predecessor_lost(
+    dataplane: DataPlane, dp_namespace: str, hub: HubServer
+) -> None:
+    apply(dataplane, dp_namespace, claim("resumed", "1Gi"))
+    hub.behaviour.drop_after_bytes, hub.behaviour.drops_left = 40_000_000, 1
+    before = len(hub.fetches(SMOLLM2, GGUF))
+    # One attempt per pod: the Job's second pod is the retry.
+    apply(dataplane, dp_namespace, download_job("fill", "resumed", GIB, hub, "--attempts=1"))
+    done = wait_for(
+        lambda: job_condition(dataplane, dp_namespace, "fill"), timeout=180, what="the Job"
+    )
+    assert done == "Complete"
+    first, second = job_pods(dataplane, dp_namespace, "fill")
+    lost = first["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert lost["exitCode"] == 6
+    assert lost["message"].splitlines()[-1].startswith("NetworkError: ")
+    assert second["status"]["phase"] == "Succeeded"
+    fetches = hub.fetches(SMOLLM2, GGUF)[before:]
+    source = hub.repos[SMOLLM2].file(GGUF)
+    assert source is not None
+    assert [(f.range, f.body_bytes) for f in fetches] == [
+        (None, 40_000_000),
+        ("bytes=40000000-", source.size - 40_000_000),
+    ]
