@@ -27,6 +27,7 @@ It binds 127.0.0.1 (or an address the caller passes, inside the test's own netwo
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import threading
@@ -41,6 +42,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dataplane.embedded import package_files
+from dataplane.isolation import require_isolated_network
 from dataplane.podspec import EMBEDDED_REPOS
 
 # The hub stores weights in LFS; these suffixes get an `lfs` entry with their sha256.
@@ -135,6 +137,9 @@ class Access:
 
 class HubServer:
     def __init__(self, repos: list[HubRepo], host: str = "127.0.0.1") -> None:
+        if not ipaddress.ip_address(host).is_loopback:
+            # Any other address must be one of the test's own network namespace.
+            require_isolated_network(f"the local hub on {host}")
         self.repos = {repo.repo_id: repo for repo in repos}
         self.behaviour = Behaviour()
         self.log: list[Access] = []
@@ -221,8 +226,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self._authorize()
                 if match := RESOLVE.match(path):
                     repo, commit = self._revision(match["repo"], match["rev"])
-                    sent = self._send_file(repo, commit, match["path"], body=body)
-                    status = self._status
+                    status, sent = self._send_file(repo, commit, match["path"], body=body)
                 elif match := TREE.match(path):
                     repo, _ = self._revision(match["repo"], match["rev"])
                     prefix = match["path"] or ""
@@ -282,28 +286,32 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             return error.status
 
-        def _send_file(self, repo: HubRepo, commit: str, path: str, *, body: bool) -> int:
+        def _send_file(
+            self, repo: HubRepo, commit: str, path: str, *, body: bool
+        ) -> tuple[int, int]:
+            """(status, body bytes sent); status 599 in the log: the body was cut on purpose."""
             file = repo.file(path)
             if file is None:
                 raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit}")
             start, end = 0, file.size - 1
-            self._status = 200
+            status = 200
             if (requested := self.headers.get("Range")) and (match := RANGE.match(requested)):
                 start = int(match[1])
                 end = min(int(match[2]), end) if match[2] else end
-                self._status = 206
-            self.send_response(self._status)
+                status = 206
+            self.send_response(status)
             self.send_header("ETag", f'"{file.etag}"')
             self.send_header("X-Repo-Commit", commit)
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(end - start + 1))
-            if self._status == 206:
+            if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{file.size}")
             self.end_headers()
             if not body:
-                return 0
+                return status, 0
             length = end - start + 1
-            return self._stream(file, start, length, hub.take_drop(length))
+            sent = self._stream(file, start, length, hub.take_drop(length))
+            return (status if sent == length else 599), sent
 
         def _stream(self, file: HubFile, start: int, length: int, drop_after: int | None) -> int:
             sent = 0
@@ -316,7 +324,6 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                         self.wfile.write(chunk[: drop_after - sent])
                         self.wfile.flush()
                         self.close_connection = True
-                        self._status = 599  # in the log: the body was cut short on purpose
                         return drop_after
                     self.wfile.write(chunk)
                     sent += len(chunk)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -286,3 +289,28 @@ def test_progress_shows_while_a_throttled_download_runs(hub: HubServer, tmp_path
     assert all(p["bytesTotal"] == total for p in midway)
     assert elapsed >= 300_000 / 150_000 * 0.9  # the throttle held
     assert progress_of(tmp_path)["phase"] == "Complete"
+
+
+def test_as_a_process_with_a_jobs_environment(hub: HubServer, tmp_path: Path) -> None:
+    """What a download Job's container runs: its own process, the image's HF_HUB_OFFLINE lifted
+    by the Job's env, one line on stderr at the end, and no torch imported on the way."""
+    script = (
+        "import sys; from modelplane_server.cli import main; code = main(sys.argv[1:]); "
+        "sys.exit(100 if 'torch' in sys.modules else code)"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    argv = [sys.executable, "-c", script, "download", "hf://nobody/nothing", str(tmp_path / "c")]
+    failed = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert failed.returncode == NOT_FOUND.exit_code
+    assert failed.stderr.splitlines()[-1].startswith("NotFound: ")
+    argv[4] = f"hf://{TINY}"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith(f"downloaded {TINY}@")
+    assert [a.path for a in hub.log if "agent-harnesses" in a.path] == []
