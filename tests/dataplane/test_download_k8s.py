@@ -1,6 +1,7 @@
 """A model cache's groundwork on the real data plane: a claim binds to a volume the local kubelet
 provisions, a download Job (the server image's `download` command, run by the local kubelet) fills
-it from the local hub, a second Job finds it complete and fetches nothing, and a claim too small
+it from the local hub, a second Job finds it complete and fetches nothing, a server pod serves from
+the claim mounted read-only, a Job's second pod resumes what its first lost, and a claim too small
 fails its Job with the reason as the terminated message."""
 
 from __future__ import annotations
@@ -100,6 +101,47 @@ def download_job(
     }
 
 
+def serving_pod(name: str, claim_name: str) -> dict[str, Any]:
+    """A server reading the GGUF from the claim, mounted read-only, with no download of its own."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "server",
+                    "image": "ghcr.io/modelplane/modelplane-server:0.1.0",
+                    "args": [
+                        "--model=/cache",
+                        f"--gguf-file={GGUF}",
+                        "--embedding-model=none",
+                        "--port=8000",
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8000}],
+                    "startupProbe": {
+                        "httpGet": {"path": "/health/startup", "port": "http"},
+                        "periodSeconds": 1,
+                        "failureThreshold": 240,
+                    },
+                    "readinessProbe": {
+                        "httpGet": {"path": "/health/ready", "port": "http"},
+                        "periodSeconds": 1,
+                    },
+                    "volumeMounts": [{"name": "cache", "mountPath": "/cache", "readOnly": True}],
+                }
+            ],
+            "volumes": [
+                {
+                    "name": "cache",
+                    "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
+                }
+            ],
+        },
+    }
+
+
 def job_condition(plane: DataPlane, namespace: str, name: str) -> str | None:
     job = plane.get("-n", namespace, "job", name)
     for condition in job.get("status", {}).get("conditions") or []:
@@ -147,6 +189,16 @@ def test_a_download_job_fills_a_bound_claim_once(
     )
     assert done == "Complete"
     assert len(hub.fetches(SMOLLM2, GGUF)) == 1  # the second Job found it there
+
+    apply(dataplane, dp_namespace, serving_pod("server", "smollm2"))
+
+    def ready() -> bool:
+        pod = dataplane.get("-n", dp_namespace, "pod", "server")
+        conditions = pod.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_for(ready, timeout=240, interval=1, what="the server serving from the claim")
+    assert len(hub.fetches(SMOLLM2, GGUF)) == 1
 
 
 def test_a_claim_too_small_fails_the_job_with_the_reason(
