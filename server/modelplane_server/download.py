@@ -63,6 +63,8 @@ AUTH = Reason("AuthFailed", 3, retryable=False)
 NOT_FOUND = Reason("NotFound", 4, retryable=False)
 OUT_OF_SPACE = Reason("OutOfSpace", 5, retryable=False)
 NETWORK = Reason("NetworkError", 6, retryable=True)
+# Offline mode forbids every request: a network failure that no retry can fix.
+OFFLINE = Reason(NETWORK.name, NETWORK.exit_code, retryable=False)
 REASONS = (AUTH, NOT_FOUND, OUT_OF_SPACE, NETWORK)
 
 
@@ -142,7 +144,7 @@ def classify(error: BaseException) -> DownloadError | None:
         return http_failure(error)
     if isinstance(error, OfflineModeIsEnabled):
         return DownloadError(
-            Reason(NETWORK.name, NETWORK.exit_code, retryable=False),
+            OFFLINE,
             "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set; the download needs the hub",
         )
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -181,7 +183,6 @@ class Progress:
     files_total: int = 0
     reason: str | None = None
     message: str | None = None
-    clock: Callable[[], float] = time.monotonic
     _written_at: float = field(default=float("-inf"), repr=False)
 
     def as_json(self) -> dict[str, Any]:
@@ -202,11 +203,11 @@ class Progress:
 
     def add(self, count: int) -> None:
         self.bytes_done += count
-        if self.clock() - self._written_at >= PROGRESS_INTERVAL_SECONDS:
+        if time.monotonic() - self._written_at >= PROGRESS_INTERVAL_SECONDS:
             self.write()
 
     def write(self) -> None:
-        self._written_at = self.clock()
+        self._written_at = time.monotonic()
         self.cache.write_progress(self.as_json())
         if self.phase == "Downloading":
             print(

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 
 from hfserver import HubFile, HubServer
@@ -200,6 +201,22 @@ def test_network_failure_after_the_last_attempt(
     assert len(err) == 1
     assert err[0].startswith("NetworkError: ConnectError")
     assert progress_of(tmp_path)["attempt"] == 2
+
+
+def test_offline_mode_fails_at_once(
+    hub: HubServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, out, err = run(capsys, f"hf://{TINY}", str(tmp_path), "--attempts=3")
+    assert code == NETWORK.exit_code
+    assert err == [
+        "NetworkError: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set; the download needs the hub"
+    ]
+    assert not [line for line in out if line.startswith("attempt ")]  # not retried
+    assert hub.log == []
 
 
 def test_missing_token_is_an_auth_failure_and_a_token_file_fixes_it(
