@@ -61,12 +61,13 @@ GPU_SHORT_NAMES = {"NVIDIA-H100-80GB-HBM3": "h100", "NVIDIA-A100-SXM4-80GB": "a1
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
 # The controllers a serving operator relies on (garbage collection, rollouts, namespaces, HPA, PDB
-# status, node lifecycle to lift the not-ready taint) and nothing that needs a real kubelet.
+# status, node lifecycle to lift the not-ready taint, binding claims to the volumes the local
+# kubelet provisions and the protection finalizers' removal) and nothing that needs a real kubelet.
 KCM_CONTROLLERS = (
     "garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher,"
     "clusterrole-aggregation,deployment,replicaset,statefulset,daemonset,job,cronjob,"
     "horizontalpodautoscaling,disruption,endpointslice,nodelifecycle,podgc,ttl-after-finished,"
-    "resourcequota"
+    "resourcequota,persistentvolume-binder,pvc-protection,pv-protection"
 )
 
 

@@ -18,6 +18,8 @@ hand out the pod's IP (see `stages.py`); this process does what a kubelet does w
 - on deletion runs the `preStop` hook, sends SIGTERM, SIGKILL at the grace period, and only then
   removes the pod object (grace 0), so kwok cannot hand the pod's IP to another pod while a process
   still holds it;
+- provisions a PersistentVolume for every claim of the `modelplane-local` StorageClass, backed by
+  the claim's directory (`volumes.py`), so claims bind;
 - caps the server processes it runs at once (`--max-processes`, memory): a container over the cap
   waits with reason `LocalKubeletAtCapacity` and a message naming the cap.
 
@@ -30,6 +32,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -45,13 +48,16 @@ from lightkube.types import PatchType, on_error_retry
 
 from dataplane.isolation import require_isolated_network
 from dataplane.podspec import (
+    FALLBACK_MESSAGE_BYTES,
     PodConfigError,
     PodLayout,
     ProcessPlan,
     plan_container,
     runs_locally,
+    termination_message,
 )
 from dataplane.probes import Probe, ProbeState, check
+from dataplane.volumes import LocalVolumeProvisioner
 
 log = logging.getLogger("dataplane.kubelet")
 
@@ -80,6 +86,11 @@ class KubeletConfig:
     backoff_base_s: float = 10
     backoff_max_s: float = 300
 
+    @property
+    def claims_root(self) -> Path:
+        """Where claims' directories live (`volumes.LocalVolumeProvisioner` provisions them)."""
+        return self.state_dir / "claims"
+
 
 class Container:
     """One (init) container of a pod: its process, its probes and the status they add up to."""
@@ -94,6 +105,7 @@ class Container:
         self.started = False
         self.process: asyncio.subprocess.Process | None = None
         self.kill_reason = ""
+        self.output_offset = 0  # where this run's output starts in the container's log
         self.startup = Probe.from_spec(spec, spec.get("startupProbe"))
         self.readiness = Probe.from_spec(spec, spec.get("readinessProbe"))
         self.liveness = Probe.from_spec(spec, spec.get("livenessProbe"))
@@ -137,6 +149,8 @@ class Container:
                 "startedAt": started_at,
                 "finishedAt": now(),
             }
+            if message := termination_message(self.spec, code, self._output()):
+                terminated["message"] = message
             self.kill_reason = ""
             self.ready = False
             if self.pod.terminating or (self.init and code == 0):
@@ -162,12 +176,26 @@ class Container:
                 return code
             backoff = min(backoff * 2, kubelet.config.backoff_max_s)
 
+    @property
+    def log_path(self) -> Path:
+        return self.pod.layout.pod_dir / "logs" / f"{self.name}.log"
+
+    def _output(self) -> bytes:
+        """The end of what the process wrote in its last run (as much as a message can hold)."""
+        try:
+            with self.log_path.open("rb") as log_file:
+                end = log_file.seek(0, os.SEEK_END)
+                log_file.seek(max(self.output_offset, end - FALLBACK_MESSAGE_BYTES))
+                return log_file.read()
+        except OSError:
+            return b""
+
     async def _run_process(self, started_at: str) -> int:
-        logs = self.pod.layout.pod_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with (logs / f"{self.name}.log").open("ab") as out:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
             out.write(f"--- {started_at} starting {' '.join(self.plan.argv)}\n".encode())
             out.flush()
+            self.output_offset = out.tell()
             try:
                 self.process = await asyncio.create_subprocess_exec(
                     *self.plan.argv,
@@ -304,7 +332,7 @@ class PodRunner:
         self.key = f"{self.namespace}/{self.name}"
         self.layout = PodLayout(
             pod_dir=kubelet.config.state_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid}",
-            claims_root=kubelet.config.state_dir / "claims",
+            claims_root=kubelet.config.claims_root,
             bin_dir=kubelet.config.bin_dir,
         )
         self.ip = ""
@@ -712,9 +740,14 @@ async def serve(kubeconfig: Path, config: KubeletConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     watching = asyncio.create_task(kubelet.run())
+    provisioning = asyncio.create_task(LocalVolumeProvisioner(client, config.claims_root).run())
     stop = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait({watching, stop}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {watching, provisioning, stop}, return_when=asyncio.FIRST_COMPLETED
+    )
     watching.cancel()
+    provisioning.cancel()
     await kubelet.shutdown()
-    if watching in done and not watching.cancelled() and watching.exception() is not None:
-        raise RuntimeError("the local kubelet's watch failed") from watching.exception()
+    for task in (watching, provisioning):
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise RuntimeError("the local kubelet's watch failed") from task.exception()

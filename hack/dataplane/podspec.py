@@ -188,9 +188,32 @@ def _embedded_download(argv: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+# The server's subcommands that do not serve: they get no `--host` and no device substitution.
+NON_SERVING_SUBCOMMANDS = frozenset({"bench", "download"})
+# What the kubelet keeps of a failed container's log as its termination message
+# (FallbackToLogsOnError): the last 80 lines, at most 2 KiB (kubecontainer's limits).
+FALLBACK_MESSAGE_LINES = 80
+FALLBACK_MESSAGE_BYTES = 2048
+
+
 def _serves(argv: Sequence[str]) -> bool:
     """True when argv runs the server itself (not one of its subcommands such as `bench`)."""
-    return Path(argv[0]).name == SERVER_COMMAND and not (len(argv) > 1 and argv[1] == "bench")
+    return Path(argv[0]).name == SERVER_COMMAND and not (
+        len(argv) > 1 and argv[1] in NON_SERVING_SUBCOMMANDS
+    )
+
+
+def termination_message(container: Object, exit_code: int, output: bytes) -> str:
+    """A terminated container's `message`, from what it wrote in this run.
+
+    A host process cannot write the spec's `terminationMessagePath` (`/dev/termination-log` is
+    the host's), so only `terminationMessagePolicy: FallbackToLogsOnError` gives a message: the
+    tail of the output when the container failed, as the kubelet gives it when that file is empty.
+    """
+    if exit_code == 0 or container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+        return ""
+    lines = output.splitlines(keepends=True)[-FALLBACK_MESSAGE_LINES:]
+    return b"".join(lines)[-FALLBACK_MESSAGE_BYTES:].decode(errors="replace")
 
 
 def plan_container(

@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "bench_command",
         "load-test an OpenAI-compatible endpoint (imports no torch)",
     ),
+    "download": (
+        "modelplane_server.download",
+        "download_command",
+        "fetch a hub repository into a model cache directory (imports no torch)",
+    ),
 }
 
 

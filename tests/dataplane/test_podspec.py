@@ -15,6 +15,7 @@ from dataplane.podspec import (
     container_port,
     plan_container,
     runs_locally,
+    termination_message,
 )
 
 LAYOUT = PodLayout(
@@ -142,6 +143,37 @@ def test_other_downloads_run_the_real_hf_cli_offline() -> None:
         "/state/pods/p/volumes/model/q",
     )
     assert plan.env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_download_subcommand_runs_as_written_with_the_claim_mapped() -> None:
+    job = {
+        "name": "download",
+        "image": "modelplane-server",
+        "args": ["download", "hf://org/repo", "/cache", "--capacity-bytes=1000"],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "0"}],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+    }
+    volumes = [{"name": "cache", "persistentVolumeClaim": {"claimName": "smollm2"}}]
+    plan = plan_container(pod([job], volumes=volumes), job, LAYOUT, no_lookup)
+    assert plan.argv == (
+        "modelplane-server",
+        "download",
+        "hf://org/repo",
+        "/state/claims/team/smollm2",
+        "--capacity-bytes=1000",
+    )
+    assert plan.env["HF_HUB_OFFLINE"] == "0"  # the container's env wins over the image's
+
+
+def test_a_failed_container_falls_back_to_its_last_log_lines() -> None:
+    fallback = {"name": "c", "terminationMessagePolicy": "FallbackToLogsOnError"}
+    output = b"".join(b"progress %d\n" % i for i in range(200)) + b"NotFound: no such repo\n"
+    message = termination_message(fallback, 4, output)
+    assert message.splitlines()[-1] == "NotFound: no such repo"
+    assert len(message.splitlines()) == 80
+    assert termination_message(fallback, 4, b"x" * 5000) == "x" * 2048
+    assert termination_message(fallback, 0, output) == ""  # only on failure
+    assert termination_message({"name": "c"}, 4, output) == ""  # File policy: no file here
 
 
 def test_env_resolves_field_refs_and_secrets_and_reports_missing_ones() -> None:
