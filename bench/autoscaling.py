@@ -143,9 +143,7 @@ def measure(state: localcluster.ClusterState) -> dict[str, Any]:  # noqa: PLR091
         kubeconfig, "apply", "--server-side", "--force-conflicts",
         "-f", str(common.ROOT / "crds" / "modeldeployments.modelplane.io.yaml"),
     )  # fmt: skip
-    common.kubectl(
-        kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io"
-    )
+    common.wait_established(kubeconfig, "modeldeployments.modelplane.io")
     common.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
     environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     log = (STATE_DIR / "operator.log").open("w")

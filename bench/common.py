@@ -89,6 +89,17 @@ def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None) -> str:
     return result.stdout
 
 
+def wait_established(kubeconfig: Path, crd: str, timeout: float = 60) -> None:
+    """Until the CRD is Established (polled: `kubectl wait` fails at once while a fresh CRD has
+    no status.conditions yet)."""
+    deadline = time.monotonic() + timeout
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    while kubectl(kubeconfig, "get", "crd", crd, "-o", f"jsonpath={path}") != "True":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"crd/{crd} not Established within {timeout:.0f} s")
+        time.sleep(0.25)
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 

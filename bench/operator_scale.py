@@ -318,10 +318,7 @@ def main() -> int:
             kubeconfig, "apply", "--server-side", "--force-conflicts",
             "-f", str(common.ROOT / "crds" / "modeldeployments.modelplane.io.yaml"),
         )  # fmt: skip
-        common.kubectl(
-            kubeconfig, "wait", "--for=condition=Established",
-            "crd/modeldeployments.modelplane.io", "--timeout=60s",
-        )  # fmt: skip
+        common.wait_established(kubeconfig, "modeldeployments.modelplane.io")
         result = asyncio.run(
             measure(
                 kubeconfig,

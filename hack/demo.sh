@@ -41,7 +41,14 @@ kubectl get nodes -L nvidia.com/gpu.product \
 
 log "2/3 the operator reconciles a ModelDeployment; its pod is a real server (logs: $logs)"
 kubectl apply --server-side --force-conflicts -f crds/modeldeployments.modelplane.io.yaml >/dev/null
-kubectl wait --for=condition=Established crd/modeldeployments.modelplane.io --timeout=60s >/dev/null
+# Polled, not `kubectl wait`: that fails at once while the fresh CRD has no status.conditions yet.
+for _ in $(seq 240); do
+  established="$(kubectl get crd modeldeployments.modelplane.io \
+    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')"
+  [ "$established" = True ] && break
+  sleep 0.25
+done
+[ "$established" = True ] || die "crd/modeldeployments.modelplane.io not Established within 60 s"
 MODELPLANE_OPERATOR_METRICS_PORT="$(free_port)" MODELPLANE_OPERATOR_HEALTH_PORT="$(free_port)" \
   modelplane-operator run --namespace modelplane-demo >"$logs/operator.log" 2>&1 &
 pids+=($!)

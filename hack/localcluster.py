@@ -502,14 +502,13 @@ class LocalCluster:
             self._kubectl(
                 state, "apply", "--server-side", "-f", str(bins / "gateway-api-crds.yaml")
             )
-            self._kubectl(
-                state,
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/gateways.gateway.networking.k8s.io",
-                "crd/httproutes.gateway.networking.k8s.io",
-            )
+            for crd in ("gateways", "httproutes"):
+                self._wait(
+                    lambda crd=crd: self._established(api, f"{crd}.gateway.networking.k8s.io"),
+                    f"crd/{crd}.gateway.networking.k8s.io Established",
+                    60,
+                    state,
+                )
             port, ping_port = free_port(NAMESPACE_ADDRESS), free_port(NAMESPACE_ADDRESS)
             self._start_command(
                 state, services.traefik_command(bins / "traefik", kubeconfig, port, ping_port)
@@ -591,6 +590,19 @@ class LocalCluster:
             )
         ]
         return len(ready) >= count
+
+    @staticmethod
+    def _established(api: ApiClient, crd: str) -> bool:
+        """Whether a CRD is Established (polled: `kubectl wait` fails at once while a fresh CRD
+        has no status.conditions yet)."""
+        try:
+            found = api.request(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+            )
+        except (urllib.error.URLError, OSError):
+            return False
+        conditions = found.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     @staticmethod
     def _default_service_account(api: ApiClient) -> bool:

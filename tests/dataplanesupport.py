@@ -64,6 +64,9 @@ class DataPlane:
     def kubectl(self, *args: str, **kwargs: Any) -> Any:
         return self.cluster.kubectl(*args, **kwargs)
 
+    def wait_established(self, crd: str) -> None:
+        self.cluster.wait_established(crd)
+
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 

@@ -44,6 +44,22 @@ class Cluster:
             )
         return result
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Until the CustomResourceDefinition is Established. Polled here, not `kubectl wait`:
+        kubectl (1.36) fails at once instead of waiting when the freshly created CRD has no
+        status.conditions yet ("accessor error: <nil> is of the type <nil>")."""
+
+        def established() -> bool:
+            found = self.kubectl("get", "crd", crd, "-o", "json", check=False)
+            if found.returncode != 0:
+                return False
+            conditions = json.loads(found.stdout).get("status", {}).get("conditions") or []
+            return any(
+                item["type"] == "Established" and item["status"] == "True" for item in conditions
+            )
+
+        wait_for(established, timeout=timeout, interval=0.25, what=f"crd/{crd} Established")
+
 
 def namespace_name(test_name: str) -> str:
     """A fresh namespace name after a test's name (`test-...`: the operator's tests watch that)."""

@@ -157,9 +157,7 @@ def test_install_establishes_the_crd_and_runs_the_operator(
     installed: tuple[Cluster, str, str],
 ) -> None:
     cluster, namespace, fullname = installed
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
-    )
+    cluster.wait_established("modeldeployments.modelplane.io")
     deployment = json.loads(
         cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout
     )

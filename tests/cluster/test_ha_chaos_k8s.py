@@ -137,7 +137,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
     )
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io")
+        cluster.wait_established("modeldeployments.modelplane.io")
         cluster.kubectl("apply", "-f", str(RBAC))
         for name in (SYSTEM, NAMESPACE):
             cluster.kubectl("create", "namespace", name)

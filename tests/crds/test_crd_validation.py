@@ -24,9 +24,7 @@ INVALID = [(case["id"], case["patch"], case["field"]) for case in CASES["invalid
 @pytest.fixture(scope="module", autouse=True)
 def installed_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
-    )
+    cluster.wait_established("modeldeployments.modelplane.io")
 
 
 def manifest(spec: dict[str, Any], name: str = "probe") -> str:

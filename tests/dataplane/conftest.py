@@ -56,7 +56,7 @@ def dataplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
     try:
         plane = _dataplane(state)
         plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        plane.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io")
+        plane.wait_established("modeldeployments.modelplane.io")
         yield plane
     finally:
         if own is not None:

@@ -61,9 +61,7 @@ def test_a_real_prometheus_pages_when_a_real_server_sheds_load(
     dataplane.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", addon_crd(PROMETHEUS_RULE_CRD)
     )
-    dataplane.kubectl(
-        "wait", "--for=condition=Established", f"crd/{PROMETHEUS_RULE_CRD}", "--timeout=60s"
-    )
+    dataplane.wait_established(PROMETHEUS_RULE_CRD)
     apply(
         dataplane,
         dp_namespace,

@@ -33,9 +33,7 @@ RULE_LABELS = {"release": "modelplane-tests"}
 def modeldeployment_crd(cluster: Cluster) -> None:
     """The CRD, server-side applied (idempotent) and established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
-    )
+    cluster.wait_established("modeldeployments.modelplane.io")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -148,7 +149,16 @@ def test_minimal_sample_becomes_ready_with_meaningful_columns(
 
     table = cluster.kubectl("get", "md", "-n", namespace).stdout
     header, row = table.strip().splitlines()
-    assert header.split() == ["NAME", "READY", "REASON", "REPLICAS", "MODEL", "GPU", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "READY",
+        "REASON",
+        "REPLICAS",
+        "MODEL",
+        "GPU",
+        "CANARY",
+        "AGE",
+    ]
     assert row.split()[:6] == [
         "smollm2",
         "True",
@@ -236,7 +246,7 @@ def install_crd(cluster: Cluster, name: str) -> Path:
     """An add-on's real CRD, applied and established; the test deletes it when done."""
     path = addon_crd(name)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    cluster.wait_established(name)
     return path
 
 
@@ -417,6 +427,33 @@ def test_hand_edits_and_deletions_are_reverted(cluster: Cluster, namespace: str)
     )
 
 
+async def assert_steady(
+    cluster: Cluster, namespace: str, name: str, versions: Callable[[], dict[str, str]]
+) -> None:
+    """Once the objects' resourceVersions hold still across several resyncs (every 3 s here),
+    reconciling again, twice, makes no API write and changes nothing."""
+    samples: list[dict[str, str]] = []
+
+    def settled() -> bool:
+        samples.append(versions())
+        return len(samples) >= 4 and all(sample == samples[-1] for sample in samples[-4:])
+
+    wait_for(settled, timeout=TIMEOUT, interval=2, what="resourceVersions stable for 6 s")
+    client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), lazy=False)
+    counting = CountingClient(client)
+    try:
+        kube = Kube(cast(AsyncClient, counting))
+        for _ in range(2):
+            live = await kube.get_model_deployment(namespace, name)
+            assert live is not None
+            outcome = await reconcile(kube, live)
+            assert outcome.writes == 0, outcome
+    finally:
+        await client.close()
+    assert sum(counting.writes.values()) == 0, counting.writes
+    assert versions() == samples[-1]
+
+
 async def test_second_reconcile_of_an_unchanged_resource_writes_nothing(
     cluster: Cluster, namespace: str
 ) -> None:
@@ -441,27 +478,42 @@ async def test_second_reconcile_of_an_unchanged_resource_writes_nothing(
     assert autoscaler["message"].startswith("no adapter serves custom.metrics.k8s.io")
     # Serving, but it will not scale at peak: Argo CD must not call that Healthy.
     assert argo_cd_health(cluster, namespace, "qwen-chat") == "Degraded"
-    samples: list[dict[str, str]] = []
+    await assert_steady(cluster, namespace, "qwen-chat", versions)
 
-    def stable() -> bool:
-        samples.append(versions())
-        return len(samples) >= 4 and all(sample == samples[-1] for sample in samples[-4:])
 
-    wait_for(stable, timeout=TIMEOUT, interval=2, what="resourceVersions stable for 6 s")
-    settled = samples[-1]
-    client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), lazy=False)
-    counting = CountingClient(client)
-    try:
-        kube = Kube(cast(AsyncClient, counting))
-        for _ in range(2):
-            live = await kube.get_model_deployment(namespace, "qwen-chat")
-            assert live is not None
-            outcome = await reconcile(kube, live)
-            assert outcome.writes == 0, outcome
-    finally:
-        await client.close()
-    assert sum(counting.writes.values()) == 0, counting.writes
-    assert versions() == settled
+async def test_a_canary_in_place_still_writes_nothing_at_steady_state(
+    cluster: Cluster, namespace: str
+) -> None:
+    body = sample("minimal")
+    body["spec"]["replicas"] = 3
+    body["spec"]["canary"] = {"image": "ghcr.io/modelplane/modelplane-server:0.2.0"}
+    body["spec"]["canary"]["traffic"] = {"weight": 25}
+    apply(cluster, namespace, body)
+    name = body["metadata"]["name"]
+
+    def canary() -> dict[str, Any]:
+        md = get(cluster, namespace, "modeldeployment", name) or {}
+        return dict(md.get("status", {}).get("canary") or {})
+
+    # No Gateway API here: the split is the replica ratio, 1 canary pod of 4 ready pods.
+    wait_for(lambda: canary().get("weight") == 25, timeout=TIMEOUT, what="the canary at 25%")
+    split = condition(cluster, namespace, name, "TrafficSplit")
+    assert (split["status"], split["reason"]) == ("False", "ApproximateSplit"), split
+    stable = get(cluster, namespace, "deployment", name) or {}
+    assert stable["spec"]["selector"]["matchLabels"]["modelplane.io/variant"] == "stable"
+    kinds = ("modeldeployment", "deployment")
+    names = {"modeldeployment": [name], "deployment": [name, f"{name}-canary"]}
+
+    def versions() -> dict[str, str]:
+        return {
+            f"{kind}/{item}": (get(cluster, namespace, kind, item) or {})["metadata"][
+                "resourceVersion"
+            ]
+            for kind in kinds
+            for item in names[kind]
+        }
+
+    await assert_steady(cluster, namespace, name, versions)
 
 
 def test_hpa_owned_replicas_are_never_overwritten(cluster: Cluster, namespace: str) -> None:
