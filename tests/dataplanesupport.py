@@ -255,8 +255,18 @@ def wait_for_canary(plane: DataPlane, namespace: str, weight: int) -> None:
         interval=0.5,
         what=f"the canary ready and routed {weight}%",
     )
-    # Traefik rebuilds its configuration a moment after the route changes.
-    wait_answer(f"{plane.gateway}/v1/models", route_host(namespace))
+    # Traefik applies a changed route a few seconds later (its provider's throttle): until a
+    # request has reached the canary through it, the weights are not live yet.
+    host = route_host(namespace)
+    wait_answer(f"{plane.gateway}/v1/models", host)
+    client = gateway_client(plane, host, timeout=30)
+    before = served(plane, namespace)["canary"]
+
+    def reached() -> bool:
+        client.completions.create(model=CANARY_MD, prompt="Hello", max_tokens=1)
+        return served(plane, namespace)["canary"] > before
+
+    wait_for(reached, timeout=60, interval=0.1, what="a request through the Gateway on the canary")
 
 
 def served(plane: DataPlane, namespace: str) -> Counter[str]:

@@ -142,8 +142,11 @@ class HubServer:
             require_isolated_network(f"the local hub on {host}")
         self.repos = {repo.repo_id: repo for repo in repos}
         self.behaviour = Behaviour()
-        self.log: list[Access] = []
-        self._lock = threading.Lock()
+        self._log: list[Access] = []
+        # Requests being answered: an access is recorded once its response has gone out, which
+        # is after the client may already have read it; `log` waits for them.
+        self._in_flight = 0
+        self._settled = threading.Condition()
         self._http = ThreadingHTTPServer((host, 0), _handler(self))
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
@@ -162,13 +165,26 @@ class HubServer:
         self._http.server_close()
         self._thread.join()
 
+    def begin(self) -> None:
+        with self._settled:
+            self._in_flight += 1
+
     def record(self, access: Access) -> None:
-        with self._lock:
-            self.log.append(access)
+        with self._settled:
+            self._log.append(access)
+            self._in_flight -= 1
+            self._settled.notify_all()
+
+    @property
+    def log(self) -> list[Access]:
+        """Every access so far, once the requests being answered have been recorded."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=10)
+            return list(self._log)
 
     def take_drop(self, length: int) -> int | None:
         """Bytes after which to drop a file response of `length` bytes, if a drop is pending."""
-        with self._lock:
+        with self._settled:
             drop_after = self.behaviour.drop_after_bytes
             if self.behaviour.drops_left <= 0 or drop_after is None or drop_after >= length:
                 return None
@@ -220,6 +236,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._serve(body=True)
 
         def _serve(self, *, body: bool) -> None:
+            hub.begin()
             path = unquote(urlsplit(self.path).path)
             sent = 0
             try:
