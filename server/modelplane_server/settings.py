@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelplane_server.types import EmbeddingConfig, GenerationConfig
+from modelplane_server.engine.contract import EmbeddingConfig, GenerationConfig
 
 EMBEDDINGS_DISABLED = "none"
 

@@ -104,7 +104,7 @@ def test_the_metrics_the_operator_reads_are_the_servers() -> None:
     from prometheus_client import generate_latest
 
     from modelplane_server import metrics as server_metrics
-    from modelplane_server.types import EngineStats
+    from modelplane_server.engine.contract import EngineStats
 
     registry = server_metrics.Metrics()
     registry.stats_source = lambda: EngineStats(

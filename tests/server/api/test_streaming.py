@@ -10,13 +10,13 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from modelplane_server.serving import _collect, _Generation
-from modelplane_server.streaming import (
+from modelplane_server.engine.contract import GenerationDelta
+from modelplane_server.http.streaming import (
     ClientDisconnectedError,
     EventStreamResponse,
     until_disconnected,
 )
-from modelplane_server.types import GenerationDelta
+from modelplane_server.openai.serving import _collect, _Generation
 
 HTTP_SCOPE = {
     "type": "http",

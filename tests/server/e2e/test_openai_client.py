@@ -441,7 +441,7 @@ def test_the_real_engines_report_to_the_metrics(
 
 def test_torch_threads_follow_the_cpus_not_torch_defaults(tiny_server: ServerProcess) -> None:
     """The server sizes torch's thread pool itself (cpus.torch_threads) and says so at startup."""
-    from modelplane_server.cpus import torch_threads
+    from modelplane_server.model.cpus import torch_threads
 
     expected = torch_threads(0, environ=server_environment())
     assert f"torch intra-op threads: {expected}" in tiny_server.log.read_text(errors="replace")

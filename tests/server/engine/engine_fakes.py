@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from modelplane_server.types import RequestStats, SamplingParams, StepStats
+from modelplane_server.engine.contract import RequestStats, SamplingParams, StepStats
 
 
 def default_token(prompt: Sequence[int], index: int) -> int:

@@ -19,16 +19,16 @@ import torch
 from engine_fakes import RecordingObserver, wait_until
 from transformers import AutoModelForCausalLM
 
-from modelplane_server import runner as runner_module
-from modelplane_server.engine import ContinuousBatchingEngine
-from modelplane_server.loading import load_generation_engine
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     FinishReason,
     GenerationConfig,
     GenerationDelta,
     GenerationRequest,
     SamplingParams,
 )
+from modelplane_server.engine.generation import ContinuousBatchingEngine
+from modelplane_server.model import causal_lm as runner_module
+from modelplane_server.model.loading import load_generation_engine
 
 
 def load(

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from modelplane_server.sampling import SamplingState, _filter_sorted
+from modelplane_server.model.sampling import SamplingState, _filter_sorted
 
 CPU = torch.device("cpu")
 

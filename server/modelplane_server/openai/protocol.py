@@ -22,8 +22,8 @@ from pydantic import (
     field_validator,
 )
 
-from modelplane_server.errors import invalid
-from modelplane_server.types import SamplingParams
+from modelplane_server.engine.contract import SamplingParams
+from modelplane_server.http.errors import invalid
 
 MAX_STOP_SEQUENCES = 16
 MAX_EMBEDDING_INPUTS = 2048

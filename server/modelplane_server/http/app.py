@@ -26,8 +26,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelplane_server.auth import ApiKeyMiddleware
-from modelplane_server.errors import (
+from modelplane_server.engine.contract import EmbeddingEngine, EngineObserver, GenerationEngine
+from modelplane_server.http.auth import ApiKeyMiddleware
+from modelplane_server.http.errors import (
     ApiError,
     ErrorResponse,
     handle_api_error,
@@ -35,9 +36,10 @@ from modelplane_server.errors import (
     handle_validation_error,
     internal_error,
 )
-from modelplane_server.health import Lifecycle, ProbeResult
+from modelplane_server.http.health import Lifecycle, ProbeResult
+from modelplane_server.http.streaming import ClientDisconnectedError
 from modelplane_server.metrics import CONTENT_TYPE, Metrics
-from modelplane_server.protocol import (
+from modelplane_server.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -48,10 +50,8 @@ from modelplane_server.protocol import (
     SimilarityRequest,
     SimilarityResponse,
 )
-from modelplane_server.serving import Engines, Limits, Serving
+from modelplane_server.openai.serving import Engines, Limits, Serving
 from modelplane_server.settings import ServerSettings
-from modelplane_server.streaming import ClientDisconnectedError
-from modelplane_server.types import EmbeddingEngine, EngineObserver, GenerationEngine
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelplane_server.detokenize import TextCodec
-from modelplane_server.embeddings import DynamicBatchingEmbeddingEngine
-from modelplane_server.engine import ContinuousBatchingEngine
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     EmbeddingConfig,
     EmbeddingEngine,
     EngineObserver,
@@ -38,6 +35,9 @@ from modelplane_server.types import (
     GenerationEngine,
     SamplingParams,
 )
+from modelplane_server.engine.detokenize import TextCodec
+from modelplane_server.engine.embedding import DynamicBatchingEmbeddingEngine
+from modelplane_server.engine.generation import ContinuousBatchingEngine
 
 if TYPE_CHECKING:
     # mypy proves here that the engines satisfy the seam's protocols.
@@ -259,7 +259,7 @@ def load_generation_engine(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from modelplane_server.runner import CausalLMRunner
+    from modelplane_server.model.causal_lm import CausalLMRunner
 
     began = time.monotonic()
     embedded = embedded_generation_model() if not config.model else None
@@ -330,7 +330,7 @@ def load_embedding_engine(
     """Load a sentence-embedding model, warm it up, and wrap it in the dynamic batcher."""
     from transformers import AutoModel
 
-    from modelplane_server.runner import SentenceEmbeddingRunner
+    from modelplane_server.model.causal_lm import SentenceEmbeddingRunner
 
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer
 
-from modelplane_server.sampling import SamplingState
-from modelplane_server.types import SamplingParams
+from modelplane_server.engine.contract import SamplingParams
+from modelplane_server.model.sampling import SamplingState
 
 _INITIAL_COLUMNS = 256
 _INITIAL_ROWS = 8

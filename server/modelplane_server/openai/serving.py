@@ -26,10 +26,27 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelplane_server.errors import ApiError, ErrorType, invalid, retry_after, unavailable
-from modelplane_server.health import Lifecycle
+from modelplane_server.engine.contract import (
+    EmbeddingEngine,
+    EngineError,
+    FinishReason,
+    GenerationDelta,
+    GenerationEngine,
+    GenerationRequest,
+    InvalidRequestError,
+    NotAcceptingError,
+    PromptTooLongError,
+    QueueFullError,
+)
+from modelplane_server.http.errors import ApiError, ErrorType, invalid, retry_after, unavailable
+from modelplane_server.http.health import Lifecycle
+from modelplane_server.http.streaming import (
+    EventStreamResponse,
+    close_quietly,
+    until_disconnected,
+)
 from modelplane_server.metrics import Metrics
-from modelplane_server.protocol import (
+from modelplane_server.openai.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
@@ -46,23 +63,6 @@ from modelplane_server.protocol import (
     SimilarityRequest,
     SimilarityResponse,
     Usage,
-)
-from modelplane_server.streaming import (
-    EventStreamResponse,
-    close_quietly,
-    until_disconnected,
-)
-from modelplane_server.types import (
-    EmbeddingEngine,
-    EngineError,
-    FinishReason,
-    GenerationDelta,
-    GenerationEngine,
-    GenerationRequest,
-    InvalidRequestError,
-    NotAcceptingError,
-    PromptTooLongError,
-    QueueFullError,
 )
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The seam between the HTTP side and the engine side of the server.
 
-`app` (HTTP, protocol mapping, metrics) talks to the engines only through these types, and the
+The HTTP side (`http`, `openai`, `metrics`) talks to the engines only through these types, and the
 engines know nothing of HTTP. The engines run torch on their own thread; everything here is plain
 data or an asyncio-facing protocol, so this module imports no torch.
 """

@@ -42,8 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelplane_server.detokenize import IncrementalDetokenizer, StopStringMatcher
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     EngineObserver,
     EngineStats,
     FinishReason,
@@ -59,6 +58,7 @@ from modelplane_server.types import (
     StepStats,
     Tokenizing,
 )
+from modelplane_server.engine.detokenize import IncrementalDetokenizer, StopStringMatcher
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class ContinuousBatchingEngine:
     # --- admission (event loop thread) --------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> _GenerationStream:
-        """Admit a request or raise an `EngineError` at once; then stream it (see types.py).
+        """Admit a request or raise an `EngineError` at once; then stream it (see contract.py).
 
         Call it on the event loop that will consume the stream: deltas are delivered to it.
         """
