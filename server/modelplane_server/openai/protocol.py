@@ -1,4 +1,5 @@
-"""OpenAI-compatible wire models: requests, responses, streaming chunks and the error shape.
+"""OpenAI-compatible wire models: requests, responses and streaming chunks (the error shape is
+`http.errors`'s).
 
 Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
 `store`), but reject with a 400 naming the parameter every field they know and cannot honour (`n>1`,
@@ -15,11 +16,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_serializer,
 )
 
 from modelplane_server.engine.contract import SamplingParams
@@ -44,9 +47,6 @@ class OpenAIRequest(BaseModel):
     strictly, so `"max_tokens": "5"` is a 400 as with OpenAI, not a silent coercion."""
 
     model_config = ConfigDict(extra="allow")
-
-    def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
 
 
 class StreamOptions(BaseModel):
@@ -345,6 +345,8 @@ class CompletionChoice(BaseModel):
 
 
 class CompletionResponse(BaseModel):
+    """A completion, and also each chunk of a streamed one (as with OpenAI)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -375,8 +377,16 @@ class ChatCompletionResponse(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """Only what changed is on the wire: `{"role": "assistant", "content": ""}` first, then
+    `{"content": ...}`, and `{}` with the finish reason."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 class ChatChunkChoice(BaseModel):

@@ -15,7 +15,8 @@ import httpx
 from fastapi import FastAPI
 
 from modelplane_server.engine.contract import EngineObserver
-from modelplane_server.http.app import ServerState, create_app
+from modelplane_server.http.app import create_app
+from modelplane_server.http.lifecycle import ServerState
 from modelplane_server.settings import ServerSettings
 
 from .fakes import FakeEmbeddingEngine, FakeGenerationEngine

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from modelplane_server.http.app import MAX_BODY_BYTES
+from modelplane_server.http.middleware import MAX_BODY_BYTES
 
 from .fakes import FakeGenerationEngine
 from .helpers import assert_openai_error, serve

@@ -16,7 +16,7 @@ from modelplane_server.http.streaming import (
     EventStreamResponse,
     until_disconnected,
 )
-from modelplane_server.openai.serving import _collect, _Generation
+from modelplane_server.openai.generation import Generation, collect
 
 HTTP_SCOPE = {
     "type": "http",
@@ -105,10 +105,10 @@ class EngineStream:
 async def test_collecting_a_generation_whose_client_left_closes_the_engine_stream() -> None:
     finished: list[str] = []
     stream = EngineStream()
-    generation = _Generation(
+    generation = Generation(
         "cmpl-1", "m", GenerationDelta("a", (1,), 1, 1), stream, lambda: finished.append("done")
     )
     with pytest.raises(ClientDisconnectedError):
-        await asyncio.wait_for(_collect(Request(HTTP_SCOPE, receive=gone), generation), 5)
+        await asyncio.wait_for(collect(Request(HTTP_SCOPE, receive=gone), generation), 5)
     assert stream.closed
     assert finished == ["done"]

@@ -1,0 +1,81 @@
+"""`POST /v1/completions`: one text prompt, collected or streamed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from modelplane_server.engine.contract import GenerationDelta
+from modelplane_server.http.streaming import EventStreamResponse
+from modelplane_server.openai.admission import Admission
+from modelplane_server.openai.generation import Generation, collect, submit, tokenize, usage
+from modelplane_server.openai.protocol import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+)
+from modelplane_server.openai.sse import chunk_event, stream_events
+
+
+async def create_completion(
+    admission: Admission, body: CompletionRequest, raw: Request
+) -> Response:
+    arrival = time.monotonic()
+    engine, model = admission.generation_engine(body.model)
+    prompt = body.prompt_text()
+    generation = await submit(
+        admission,
+        raw,
+        engine=engine,
+        model=model,
+        fields=body,
+        prompt_token_ids=await tokenize(partial(engine.encode, prompt), len(prompt)),
+        arrival=arrival,
+        id_prefix="cmpl",
+        input_param="prompt",
+    )
+    headers = {"X-Request-Id": generation.request_id}
+    if body.stream:
+        events = completion_events(generation, body.include_usage)
+        return EventStreamResponse(events, on_close=generation.close, headers=headers)
+    text, last = await collect(raw, generation)
+    response = CompletionResponse(
+        id=generation.request_id,
+        created=int(time.time()),
+        model=model,
+        choices=[CompletionChoice(text=text, finish_reason=str(last.finish_reason))],
+        usage=usage(last),
+    )
+    return JSONResponse(response.model_dump(), headers=headers)
+
+
+def completion_events(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI streams completions as `text_completion` objects, one choice delta each."""
+    created = int(time.time())
+
+    def chunk(
+        choices: list[CompletionChoice], usage_: GenerationDelta | None = None
+    ) -> CompletionResponse:
+        return CompletionResponse(
+            id=generation.request_id,
+            created=created,
+            model=generation.model,
+            choices=choices,
+            usage=None if usage_ is None else usage(usage_),
+        )
+
+    def chunks(delta: GenerationDelta) -> list[bytes]:
+        if not delta.text and delta.finish_reason is None:
+            return []
+        finish = None if delta.finish_reason is None else str(delta.finish_reason)
+        choice = CompletionChoice(text=delta.text, finish_reason=finish)
+        return [chunk_event(chunk([choice]), include_usage)]
+
+    def usage_chunk(last: GenerationDelta) -> bytes:
+        return chunk_event(chunk([], last), include_usage=True)
+
+    return stream_events(generation, chunks, usage_chunk if include_usage else None)
