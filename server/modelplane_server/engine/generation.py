@@ -14,8 +14,11 @@ The asyncio side (`generate`, the streams, `stop`) and one dedicated step thread
   finds one, or is closed or cancelled by its consumer, tells the step thread, which frees the row
   at its next step.
 
-The runner behind the `StepRunner` protocol does the torch work (`runner.CausalLMRunner`); tests use
-a fake one. Documented choices:
+The runner behind the `StepRunner` protocol (`step_runner`) does the torch work
+(`model.causal_lm.CausalLMRunner`); tests use a fake one. The waiting queue (`waiting_queue`), a
+request's book-keeping (`sequence`) and the stream (`stream`) have their own modules.
+
+Documented choices:
 
 - A prompt must leave room for one generated token: `len(prompt) >= context_length` is rejected with
   `PromptTooLongError` (its `limit` is the context length); otherwise `max_tokens` is capped to what
@@ -31,34 +34,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
-import heapq
 import itertools
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from modelplane_server.engine.contract import (
     EngineObserver,
     EngineStats,
     FinishReason,
     GenerationConfig,
-    GenerationDelta,
     GenerationRequest,
     InvalidRequestError,
-    NotAcceptingError,
     PromptTooLongError,
     QueueFullError,
     RequestStats,
     SamplingParams,
     StepStats,
-    Tokenizing,
 )
-from modelplane_server.engine.detokenize import IncrementalDetokenizer, StopStringMatcher
+from modelplane_server.engine.sequence import GenerationSequence, SequenceState
+from modelplane_server.engine.step_runner import StepRunner, TextCodec
+from modelplane_server.engine.stream import GenerationStream, Outbox
+from modelplane_server.engine.waiting_queue import WaitingQueue
 
 logger = logging.getLogger(__name__)
 
@@ -68,92 +66,6 @@ _DEADLINE_SCAN_INTERVAL_S = 0.05
 _IDLE_WAIT_S = 1.0
 # The smallest prefill chunk, so a long prompt progresses even when decode rows use the budget.
 _MIN_CHUNK = 64
-
-
-class StepRunner(Protocol):
-    """The torch side as the engine sees it; every call happens on the step thread."""
-
-    def prefill(
-        self,
-        seq_ids: Sequence[int],
-        prompts: Sequence[Sequence[int]],
-        params: Sequence[SamplingParams],
-    ) -> list[int]:
-        """Prefill newcomers, add them to the running batch, return their first tokens."""
-
-    def prefill_chunk(
-        self, seq_id: int, prompt: Sequence[int], params: SamplingParams, start: int, end: int
-    ) -> int | None:
-        """Prefill prompt[start:end] of one long prompt; on its last chunk, add the sequence to
-        the running batch and return its first token (None before that)."""
-
-    def decode(self) -> tuple[list[int], list[int]]:
-        """One token for every running sequence: (sequence ids, tokens), aligned."""
-
-    def release(self, seq_ids: Sequence[int]) -> None:
-        """Remove sequences from the running batch."""
-
-    def reset(self) -> None:
-        """Remove every sequence (after a failed step)."""
-
-
-class TextCodec(Tokenizing, Protocol):
-    def decode(self, token_ids: Sequence[int]) -> str: ...
-
-
-class _State(enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
-
-
-@dataclass(frozen=True)
-class _Event:
-    """What the step thread tells a stream: new token ids and, at the end, why it finished."""
-
-    token_ids: tuple[int, ...]
-    completion_tokens: int
-    finish_reason: FinishReason | None = None
-    hidden_tail: int = 0  # trailing ids (EOS / stop id) that count as tokens but are not text
-
-
-class _Sequence:
-    """Book-keeping of one request inside the engine (mutable; owned by the step thread)."""
-
-    def __init__(
-        self,
-        seq_id: int,
-        request: GenerationRequest,
-        max_tokens: int,
-        stop_ids: frozenset[int],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.seq_id = seq_id
-        self.request = request
-        self.prompt_tokens = len(request.prompt_token_ids)
-        self.max_tokens = max_tokens
-        self.stop_ids = stop_ids
-        self.loop = loop
-        self.queue: asyncio.Queue[_Event] = asyncio.Queue()
-        self.state = _State.WAITING
-        self.generated = 0
-        self.new_tokens: list[int] = []
-        self.arrival = request.arrival_time or time.monotonic()
-        self.admitted_at: float | None = None
-        self.prefilled = 0  # prompt tokens already in the cache, for a chunked prefill
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.inter_token_latencies: list[float] = []
-        # Written by the event loop thread (a single assignment each), read by the step thread.
-        self.cancel_reason: FinishReason | None = None
-        self.cancel_completion_tokens: int | None = None
-
-    def deadline_passed(self, now: float) -> bool:
-        deadline = self.request.deadline
-        if deadline is not None and now >= deadline:
-            return True
-        queue_deadline = self.request.queue_deadline
-        return self.state is _State.WAITING and queue_deadline is not None and now >= queue_deadline
 
 
 def validate_params(params: SamplingParams) -> None:
@@ -168,7 +80,7 @@ def validate_params(params: SamplingParams) -> None:
 
 
 class ContinuousBatchingEngine:
-    """`types.GenerationEngine` over a `StepRunner`: continuous batching with one step thread."""
+    """`contract.GenerationEngine` over a `StepRunner`: continuous batching with one step thread."""
 
     def __init__(
         self,
@@ -186,18 +98,14 @@ class ContinuousBatchingEngine:
         self._eos_token_ids = frozenset(eos_token_ids)
         self._observer = observer
         self._clock = clock
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[int, int, _Sequence]] = []
-        self._waiting_count = 0
-        self._waiting_tokens = 0
-        self._accepting = False
+        self._waiting = WaitingQueue(config.max_queue, config.max_queue_tokens)
         self._draining = False
         self._abort = False
-        self._cancels: collections.deque[_Sequence] = collections.deque()
+        self._cancels: collections.deque[GenerationSequence] = collections.deque()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._ids = itertools.count()
-        self._running: dict[int, _Sequence] = {}
+        self._running: dict[int, GenerationSequence] = {}
         self._running_count = 0
         self._kv_tokens = 0  # prompt + generated tokens of the running sequences
         self._steps_total = 0
@@ -205,9 +113,11 @@ class ContinuousBatchingEngine:
         self._recent_batch_sizes: tuple[int, ...] = ()
         self._mean_latency_s = 0.0
         self._last_deadline_scan = 0.0
-        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, _Event]]] = {}
+        self._outbox = Outbox()
         self._finished_rows: list[int] = []
-        self._chunking: _Sequence | None = None  # the one long prompt being prefilled in chunks
+        self._chunking: GenerationSequence | None = (
+            None  # the one long prompt being prefilled in chunks
+        )
 
     # --- Tokenizing ---------------------------------------------------------------------------
 
@@ -231,13 +141,11 @@ class ContinuousBatchingEngine:
         if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="generation-step", daemon=True)
-        with self._lock:
-            self._accepting = True
+        self._waiting.set_accepting(True)
         self._thread.start()
 
     async def stop(self, drain_timeout_s: float) -> None:
-        with self._lock:
-            self._accepting = False
+        self._waiting.set_accepting(False)
         thread = self._thread
         if thread is None:
             return
@@ -251,7 +159,7 @@ class ContinuousBatchingEngine:
 
     # --- admission (event loop thread) --------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> _GenerationStream:
+    def generate(self, request: GenerationRequest) -> GenerationStream:
         """Admit a request or raise an `EngineError` at once; then stream it (see contract.py).
 
         Call it on the event loop that will consume the stream: deltas are delivered to it.
@@ -272,41 +180,21 @@ class ContinuousBatchingEngine:
         stop_ids = frozenset(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self._eos_token_ids
-        sequence = _Sequence(
+        sequence = GenerationSequence(
             next(self._ids),
             request,
             min(params.max_tokens, context - prompt_tokens),
             stop_ids,
             loop,
         )
-        with self._lock:
-            if not self._accepting:
-                raise NotAcceptingError(
-                    "the engine is not accepting requests (draining or not started)"
-                )
-            if self._waiting_count >= self._config.max_queue:
-                reason, message = "queue_full", f"{self._waiting_count} requests are waiting"
-            elif (
-                self._waiting_count
-                and self._waiting_tokens + prompt_tokens > self._config.max_queue_tokens
-            ):
-                reason, message = (
-                    "queue_tokens_full",
-                    f"{self._waiting_tokens} prompt tokens are waiting",
-                )
-            else:
-                reason = ""
-                heapq.heappush(self._waiting, (request.priority, sequence.seq_id, sequence))
-                self._waiting_count += 1
-                self._waiting_tokens += prompt_tokens
-            waiting = self._waiting_count
+        reason, message, waiting = self._waiting.push(sequence)
         if reason:
             self._notify(lambda observer: observer.on_rejected(reason))
             raise QueueFullError(
                 f"the queue is full: {message}", retry_after_s=self._retry_after(waiting)
             )
         self._wakeup.set()
-        return _GenerationStream(self, sequence, self._codec, params.stop)
+        return GenerationStream(sequence, self._codec, params.stop, self.cancel)
 
     def _retry_after(self, waiting: int) -> float:
         """Roughly when the queue has room: the queue's worth of batches at the recent latency."""
@@ -314,10 +202,10 @@ class ContinuousBatchingEngine:
         return float(min(60.0, max(1.0, batches * self._mean_latency_s)))
 
     def cancel(
-        self, sequence: _Sequence, reason: FinishReason, completion_tokens: int | None
+        self, sequence: GenerationSequence, reason: FinishReason, completion_tokens: int | None
     ) -> None:
         """End a sequence from any thread (consumer gone, stop string found) at the next step."""
-        if sequence.cancel_reason is not None or sequence.state is _State.FINISHED:
+        if sequence.cancel_reason is not None or sequence.state is SequenceState.FINISHED:
             return
         sequence.cancel_completion_tokens = completion_tokens
         sequence.cancel_reason = reason
@@ -326,9 +214,9 @@ class ContinuousBatchingEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            waiting=self._waiting_count,
+            waiting=self._waiting.count,
             running=self._running_count,
-            waiting_prompt_tokens=self._waiting_tokens,
+            waiting_prompt_tokens=self._waiting.prompt_tokens,
             steps_total=self._steps_total,
             last_step_monotonic=self._last_step,
             max_batch_size=self._config.max_batch_size,
@@ -349,7 +237,7 @@ class ContinuousBatchingEngine:
                 logger.exception("generation step loop failed; aborting in-flight requests")
                 try:
                     self._abort_all(FinishReason.ABORT)
-                    self._flush()
+                    self._outbox.flush()
                 except Exception:
                     logger.exception("aborting after a failed step failed too")
 
@@ -360,13 +248,13 @@ class ContinuousBatchingEngine:
         self._expire(now)
         if self._abort:
             self._abort_all(FinishReason.ABORT)
-            self._flush()
+            self._outbox.flush()
             return False
         newcomers = self._admit()
         self._running_count = len(self._running) + len(newcomers)
         if not newcomers and not self._running:
-            self._flush()
-            if self._draining and not self._waiting_count:
+            self._outbox.flush()
+            if self._draining and not self._waiting.count:
                 return False
             # Idle: nothing runs, so no deadline can pass unnoticed; generate() and stop() wake us.
             self._wakeup.wait(_IDLE_WAIT_S)
@@ -380,7 +268,7 @@ class ContinuousBatchingEngine:
         if prefill_tokens and self._running:
             # Newcomers' first tokens go out now, not after this step's decode: a request's
             # time to first token is then its wait plus its prefill, whatever the batch decodes.
-            self._flush()
+            self._outbox.flush()
         decode_tokens = self._decode() if self._running else 0
         if self._finished_rows:
             self._runner.release(self._finished_rows)
@@ -388,7 +276,7 @@ class ContinuousBatchingEngine:
         finished = self._clock()
         self._running_count = len(self._running)
         self._kv_tokens = sum(seq.prompt_tokens + seq.generated for seq in self._running.values())
-        self._flush()
+        self._outbox.flush()
         batch_size = max(len(newcomers) + chunked, decode_tokens)
         self._steps_total += 1
         self._last_step = finished
@@ -403,43 +291,25 @@ class ContinuousBatchingEngine:
         self._notify(lambda observer: observer.on_step(stats))
         return True
 
-    def _admit(self) -> list[_Sequence]:
+    def _admit(self) -> list[GenerationSequence]:
         config = self._config
-        budget = config.max_batch_tokens - len(self._running)
-        free_rows = config.max_batch_size - len(self._running)
-        admitted: list[_Sequence] = []
-        cost = 0
-        with self._lock:
-            while self._waiting and len(admitted) < free_rows:
-                sequence = self._waiting[0][2]
-                if sequence.state is not _State.WAITING:
-                    heapq.heappop(
-                        self._waiting
-                    )  # finished while queued; its counts are already off
-                    continue
-                # A newcomer costs its prompt plus its first decode token. The runner groups
-                # prompts by length, so padding stays small and is not counted.
-                cost += sequence.prompt_tokens + 1
-                if cost > budget and (admitted or self._chunking is not None):
-                    break
-                heapq.heappop(self._waiting)
-                self._waiting_count -= 1
-                self._waiting_tokens -= sequence.prompt_tokens
-                sequence.state = _State.RUNNING
-                if cost > budget:
-                    # Too long for this step: prefill it in chunks over the next steps, so the
-                    # running rows keep decoding and no step exceeds the budget.
-                    sequence.admitted_at = self._clock()
-                    self._running[sequence.seq_id] = sequence
-                    self._chunking = sequence
-                    break
-                admitted.append(sequence)
+        admitted, chunked = self._waiting.admit(
+            budget=config.max_batch_tokens - len(self._running),
+            free_rows=config.max_batch_size - len(self._running),
+            chunking=self._chunking is not None,
+        )
+        if chunked is not None:
+            # Too long for this step: prefill it in chunks over the next steps, so the running
+            # rows keep decoding and no step exceeds the budget.
+            chunked.admitted_at = self._clock()
+            self._running[chunked.seq_id] = chunked
+            self._chunking = chunked
         return admitted
 
     def _prefill_chunk(self, prefill_tokens: int) -> int:
         sequence = self._chunking
         assert sequence is not None
-        if sequence.state is not _State.RUNNING:  # cancelled or timed out meanwhile
+        if sequence.state is not SequenceState.RUNNING:  # cancelled or timed out meanwhile
             self._chunking = None
             return 0
         budget = self._config.max_batch_tokens - len(self._running) - prefill_tokens
@@ -464,7 +334,7 @@ class ContinuousBatchingEngine:
             self._accept_token(sequence, token, self._clock())
         return end - start
 
-    def _prefill(self, newcomers: list[_Sequence], started: float) -> int:
+    def _prefill(self, newcomers: list[GenerationSequence], started: float) -> int:
         for sequence in newcomers:
             sequence.admitted_at = started
             self._running[sequence.seq_id] = sequence
@@ -508,8 +378,8 @@ class ContinuousBatchingEngine:
             self._accept_token(running[seq_id], token, now)
         return len(seq_ids)
 
-    def _accept_token(self, sequence: _Sequence, token: int, now: float) -> None:
-        if sequence.state is not _State.RUNNING:
+    def _accept_token(self, sequence: GenerationSequence, token: int, now: float) -> None:
+        if sequence.state is not SequenceState.RUNNING:
             return
         sequence.generated += 1
         sequence.new_tokens.append(token)
@@ -538,9 +408,7 @@ class ContinuousBatchingEngine:
         if now - self._last_deadline_scan < _DEADLINE_SCAN_INTERVAL_S:
             return
         self._last_deadline_scan = now
-        with self._lock:
-            expired = [entry[2] for entry in self._waiting if entry[2].state is _State.WAITING]
-        for sequence in expired:
+        for sequence in self._waiting.waiting():
             if sequence.deadline_passed(now):
                 self._finish(sequence, FinishReason.TIMEOUT)
 
@@ -550,9 +418,7 @@ class ContinuousBatchingEngine:
 
     def _abort_all(self, reason: FinishReason) -> None:
         self._abort_running(reason)
-        with self._lock:
-            queued = [entry[2] for entry in self._waiting]
-        for sequence in queued:
+        for sequence in self._waiting.queued():
             self._finish(sequence, reason)
         self._runner.reset()
         self._finished_rows = []
@@ -562,21 +428,19 @@ class ContinuousBatchingEngine:
 
     def _finish(
         self,
-        sequence: _Sequence,
+        sequence: GenerationSequence,
         reason: FinishReason,
         hidden_tail: int = 0,
         completion_tokens: int | None = None,
     ) -> None:
-        if sequence.state is _State.FINISHED:
+        if sequence.state is SequenceState.FINISHED:
             return
-        if sequence.state is _State.RUNNING:
+        if sequence.state is SequenceState.RUNNING:
             self._running.pop(sequence.seq_id, None)
             self._finished_rows.append(sequence.seq_id)
         else:
-            with self._lock:
-                self._waiting_count -= 1
-                self._waiting_tokens -= sequence.prompt_tokens
-        sequence.state = _State.FINISHED
+            self._waiting.remove(sequence)
+        sequence.state = SequenceState.FINISHED
         if completion_tokens is not None:
             sequence.generated = min(sequence.generated, completion_tokens)
         self._queue_event(sequence, reason, hidden_tail)
@@ -603,20 +467,9 @@ class ContinuousBatchingEngine:
         self._notify(lambda observer: observer.on_request_finished(stats))
 
     def _queue_event(
-        self, sequence: _Sequence, reason: FinishReason | None, hidden_tail: int = 0
+        self, sequence: GenerationSequence, reason: FinishReason | None, hidden_tail: int = 0
     ) -> None:
-        event = _Event(tuple(sequence.new_tokens), sequence.generated, reason, hidden_tail)
-        sequence.new_tokens = []
-        self._outbox.setdefault(sequence.loop, []).append((sequence, event))
-
-    def _flush(self) -> None:
-        """Hand this step's events to the event loops: one thread-safe call per loop."""
-        outbox, self._outbox = self._outbox, {}
-        for loop, events in outbox.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, events)
-            except RuntimeError:
-                logger.debug("event loop closed; dropping %d stream events", len(events))
+        self._outbox.add(sequence, sequence.take_event(reason, hidden_tail))
 
     def _notify(self, call: Callable[[EngineObserver], None]) -> None:
         if self._observer is None:
@@ -625,89 +478,3 @@ class ContinuousBatchingEngine:
             call(self._observer)
         except Exception:
             logger.exception("engine observer failed")
-
-
-def _deliver(events: list[tuple[_Sequence, _Event]]) -> None:
-    for sequence, event in events:
-        sequence.queue.put_nowait(event)
-
-
-class _GenerationStream:
-    """What `generate()` returns: detokenises, applies stop strings, cancels on close."""
-
-    def __init__(
-        self,
-        engine: ContinuousBatchingEngine,
-        sequence: _Sequence,
-        codec: TextCodec,
-        stops: Sequence[str],
-    ) -> None:
-        self._engine = engine
-        self._sequence = sequence
-        self._detokenizer = IncrementalDetokenizer(codec, sequence.request.prompt_token_ids)
-        self._stops = StopStringMatcher(stops)
-        self._pending_ids: list[int] = []
-        self._done = False
-        # A stream dropped without being closed must not keep generating for nobody.
-        self._finalizer = weakref.finalize(
-            self, engine.cancel, sequence, FinishReason.CANCELLED, None
-        )
-
-    def __aiter__(self) -> _GenerationStream:
-        return self
-
-    async def __anext__(self) -> GenerationDelta:
-        while not self._done:
-            try:
-                event = await self._sequence.queue.get()
-            except asyncio.CancelledError:
-                self._close(FinishReason.CANCELLED)
-                raise
-            events = [event]
-            while not self._sequence.queue.empty():
-                events.append(self._sequence.queue.get_nowait())
-            delta = self._to_delta(events)
-            if delta is not None:
-                return delta
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        self._close(FinishReason.CANCELLED)
-
-    def _close(self, reason: FinishReason, completion_tokens: int | None = None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._finalizer.detach()
-        self._engine.cancel(self._sequence, reason, completion_tokens)
-
-    def _to_delta(self, events: list[_Event]) -> GenerationDelta | None:
-        finish: FinishReason | None = None
-        hidden = 0
-        completion_tokens = 0
-        ids: list[int] = []
-        for event in events:
-            ids.extend(event.token_ids)
-            completion_tokens = event.completion_tokens
-            if event.finish_reason is not None:
-                finish, hidden = event.finish_reason, event.hidden_tail
-                break
-        text, stopped = self._stops.feed(self._detokenizer.add(ids[: len(ids) - hidden]))
-        self._pending_ids.extend(ids)
-        if stopped:
-            finish = FinishReason.STOP
-            self._close(FinishReason.STOP, completion_tokens)
-        elif finish is not None:
-            text += self._stops.flush()
-            self._done = True
-            self._finalizer.detach()
-        elif not text:
-            return None  # nothing printable yet (a partial character or a possible stop string)
-        token_ids, self._pending_ids = tuple(self._pending_ids), []
-        return GenerationDelta(
-            text=text,
-            token_ids=token_ids,
-            prompt_tokens=self._sequence.prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason=finish,
-        )

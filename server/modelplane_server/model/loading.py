@@ -330,7 +330,7 @@ def load_embedding_engine(
     """Load a sentence-embedding model, warm it up, and wrap it in the dynamic batcher."""
     from transformers import AutoModel
 
-    from modelplane_server.model.causal_lm import SentenceEmbeddingRunner
+    from modelplane_server.model.sentence_embedder import SentenceEmbeddingRunner
 
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None

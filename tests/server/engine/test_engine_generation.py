@@ -27,7 +27,7 @@ from modelplane_server.engine.contract import (
     SamplingParams,
 )
 from modelplane_server.engine.generation import ContinuousBatchingEngine
-from modelplane_server.model import causal_lm as runner_module
+from modelplane_server.model import kv_cache as kv_cache_module
 from modelplane_server.model.loading import load_generation_engine
 
 
@@ -96,8 +96,8 @@ async def test_greedy_matches_generate_for_a_staggered_mixed_batch(
     if small_buffers:
         # Start the KV buffers at 1 row x 8 columns, so growing rows, growing columns, compacting
         # the window and shifting it right for a longer newcomer all happen many times.
-        monkeypatch.setattr(runner_module, "_INITIAL_ROWS", 1)
-        monkeypatch.setattr(runner_module, "_INITIAL_COLUMNS", 8)
+        monkeypatch.setattr(kv_cache_module, "_INITIAL_ROWS", 1)
+        monkeypatch.setattr(kv_cache_module, "_INITIAL_COLUMNS", 8)
     observer = RecordingObserver()
     engine = load(str(tiny_llama_dir), observer, max_batch_size=4)
     rng = random.Random(3)  # noqa: S311 (reproducible test data, not cryptography)
@@ -133,7 +133,7 @@ async def test_sequences_up_to_the_context_length_stay_exact_in_capped_buffers(
     await engine.stop(5)
     # The context (512) caps the long one at 212 tokens; the KV buffers stay near the context.
     assert results[0][-1].completion_tokens == 212
-    assert engine._runner.keys[0].shape[2] <= 512 + 64  # type: ignore[attr-defined]
+    assert engine._runner.kv_cache.keys[0].shape[2] <= 512 + 64  # type: ignore[attr-defined]
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     for prompt, deltas in zip(prompts, results, strict=True):
         expected = reference(model, prompt, 512 - len(prompt))
