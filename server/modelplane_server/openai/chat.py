@@ -9,13 +9,19 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from modelplane_server.engine.contract import GenerationDelta
 from modelplane_server.http.errors import invalid
-from modelplane_server.http.streaming import EventStreamResponse
 from modelplane_server.openai.admission import Admission
-from modelplane_server.openai.generation import Generation, collect, submit, tokenize, usage
+from modelplane_server.openai.generation import (
+    Endpoint,
+    Generation,
+    respond,
+    submit,
+    tokenize,
+    usage,
+)
 from modelplane_server.openai.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -26,6 +32,8 @@ from modelplane_server.openai.protocol import (
     ChatDelta,
 )
 from modelplane_server.openai.sse import chunk_event, stream_events
+
+ENDPOINT = Endpoint(id_prefix="chatcmpl", input_param="messages")
 
 
 async def create_chat_completion(
@@ -44,33 +52,20 @@ async def create_chat_completion(
             raise
         raise invalid("messages", f"The chat template rejected the messages: {error}") from error
     generation = await submit(
-        admission,
-        raw,
-        engine=engine,
-        model=model,
-        fields=body,
-        prompt_token_ids=prompt_ids,
-        arrival=arrival,
-        id_prefix="chatcmpl",
-        input_param="messages",
+        admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
-    headers = {"X-Request-Id": generation.request_id}
-    if body.stream:
-        events = chat_events(generation, body.include_usage)
-        return EventStreamResponse(events, on_close=generation.close, headers=headers)
-    text, last = await collect(raw, generation)
-    response = ChatCompletionResponse(
+    return await respond(raw, generation, body, chat_events, _response)
+
+
+def _response(generation: Generation, text: str, last: GenerationDelta) -> ChatCompletionResponse:
+    message = AssistantMessage(content=text)
+    return ChatCompletionResponse(
         id=generation.request_id,
         created=int(time.time()),
-        model=model,
-        choices=[
-            ChatChoice(
-                message=AssistantMessage(content=text), finish_reason=str(last.finish_reason)
-            )
-        ],
+        model=generation.model,
+        choices=[ChatChoice(message=message, finish_reason=str(last.finish_reason))],
         usage=usage(last),
     )
-    return JSONResponse(response.model_dump(), headers=headers)
 
 
 def _is_template_refusal(error: Exception) -> bool:

@@ -7,18 +7,26 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from modelplane_server.engine.contract import GenerationDelta
-from modelplane_server.http.streaming import EventStreamResponse
 from modelplane_server.openai.admission import Admission
-from modelplane_server.openai.generation import Generation, collect, submit, tokenize, usage
+from modelplane_server.openai.generation import (
+    Endpoint,
+    Generation,
+    respond,
+    submit,
+    tokenize,
+    usage,
+)
 from modelplane_server.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
 )
 from modelplane_server.openai.sse import chunk_event, stream_events
+
+ENDPOINT = Endpoint(id_prefix="cmpl", input_param="prompt")
 
 
 async def create_completion(
@@ -27,30 +35,21 @@ async def create_completion(
     arrival = time.monotonic()
     engine, model = admission.generation_engine(body.model)
     prompt = body.prompt_text()
+    prompt_ids = await tokenize(partial(engine.encode, prompt), len(prompt))
     generation = await submit(
-        admission,
-        raw,
-        engine=engine,
-        model=model,
-        fields=body,
-        prompt_token_ids=await tokenize(partial(engine.encode, prompt), len(prompt)),
-        arrival=arrival,
-        id_prefix="cmpl",
-        input_param="prompt",
+        admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
-    headers = {"X-Request-Id": generation.request_id}
-    if body.stream:
-        events = completion_events(generation, body.include_usage)
-        return EventStreamResponse(events, on_close=generation.close, headers=headers)
-    text, last = await collect(raw, generation)
-    response = CompletionResponse(
+    return await respond(raw, generation, body, completion_events, _response)
+
+
+def _response(generation: Generation, text: str, last: GenerationDelta) -> CompletionResponse:
+    return CompletionResponse(
         id=generation.request_id,
         created=int(time.time()),
-        model=model,
+        model=generation.model,
         choices=[CompletionChoice(text=text, finish_reason=str(last.finish_reason))],
         usage=usage(last),
     )
-    return JSONResponse(response.model_dump(), headers=headers)
 
 
 def completion_events(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:

@@ -14,7 +14,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from pydantic import BaseModel
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from modelplane_server.engine.contract import (
     EngineError,
@@ -24,13 +26,25 @@ from modelplane_server.engine.contract import (
     GenerationRequest,
 )
 from modelplane_server.http.errors import ApiError, ErrorType, invalid, unavailable
-from modelplane_server.http.streaming import close_quietly, until_disconnected
+from modelplane_server.http.streaming import (
+    EventStreamResponse,
+    close_quietly,
+    until_disconnected,
+)
 from modelplane_server.openai.admission import DRAINING_RETRY_AFTER_S, Admission, engine_error
 from modelplane_server.openai.protocol import SamplingFields, Usage
 
 # Tokenizing runs ~5 MB/s: longer texts go to a worker thread so the event loop (and with it every
 # other request and the probes) never stalls behind one big prompt.
 INLINE_TOKENIZE_CHARS = 16_384
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How an endpoint names its requests (`cmpl-...`) and the field that holds its input."""
+
+    id_prefix: str
+    input_param: str
 
 
 @dataclass
@@ -105,20 +119,20 @@ def max_tokens(
 async def submit(
     admission: Admission,
     raw: Request,
-    *,
-    engine: GenerationEngine,
-    model: str,
+    served: tuple[GenerationEngine, str],
     fields: SamplingFields,
     prompt_token_ids: list[int],
+    *,
     arrival: float,
-    id_prefix: str,
-    input_param: str,
+    endpoint: Endpoint,
 ) -> Generation:
-    """Check the lengths, submit, and wait (racing a disconnect) for the first delta.
-    `arrival` is when the handler began, so TTFT includes tokenizing, as vLLM's does."""
-    limit = max_tokens(engine, len(prompt_token_ids), fields, input_param)
+    """Check the lengths, submit to the `served` (engine, model id), and wait (racing a
+    disconnect) for the first delta. `arrival` is when the handler began, so TTFT includes
+    tokenizing, as vLLM's does."""
+    engine, model = served
+    limit = max_tokens(engine, len(prompt_token_ids), fields, endpoint.input_param)
     request = GenerationRequest(
-        request_id=f"{id_prefix}-{uuid.uuid4().hex}",
+        request_id=f"{endpoint.id_prefix}-{uuid.uuid4().hex}",
         prompt_token_ids=tuple(prompt_token_ids),
         params=fields.sampling_params(limit),
         priority=fields.priority,
@@ -137,7 +151,7 @@ async def submit(
             await close_quietly(iterator)
         lifecycle.generation_finished()
         if isinstance(error, EngineError):
-            raise engine_error(error, input_param) from error
+            raise engine_error(error, endpoint.input_param) from error
         if isinstance(error, StopAsyncIteration):
             raise ApiError(
                 500, "The engine ended the stream without a result.", type=ErrorType.SERVER
@@ -186,6 +200,22 @@ async def collect(raw: Request, generation: Generation) -> tuple[str, Generation
         return await until_disconnected(raw.receive, consume())
     finally:
         await generation.close()
+
+
+async def respond(
+    raw: Request,
+    generation: Generation,
+    fields: SamplingFields,
+    events: Callable[[Generation, bool], AsyncIterator[bytes]],
+    response: Callable[[Generation, str, GenerationDelta], BaseModel],
+) -> Response:
+    """Stream the generation's `events`, or collect it into `response(generation, text, last)`."""
+    headers = {"X-Request-Id": generation.request_id}
+    if fields.stream:
+        stream = events(generation, fields.include_usage)
+        return EventStreamResponse(stream, on_close=generation.close, headers=headers)
+    text, last = await collect(raw, generation)
+    return JSONResponse(response(generation, text, last).model_dump(), headers=headers)
 
 
 def usage(delta: GenerationDelta) -> Usage:
