@@ -74,6 +74,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    min_tokens: int = 0  # EOS and stop ids are masked until this many tokens are out
+    presence_penalty: float = 0.0  # subtracted from the logit of every token already generated
+    frequency_penalty: float = 0.0  # ... times how often it was generated
+    repetition_penalty: float = 1.0  # divides (multiplies if negative) prompt and output logits
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,12 @@ class PromptTooLongError(EngineError):
 
 
 class InvalidRequestError(EngineError):
-    """The request cannot run as given (empty prompt, out-of-range sampling values): HTTP 400."""
+    """The request cannot run as given (empty prompt, out-of-range sampling values): HTTP 400.
+    `param` names the request field when it is not the input itself."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class NotAcceptingError(EngineError):

@@ -68,7 +68,7 @@ _IDLE_WAIT_S = 1.0
 _MIN_CHUNK = 64
 
 
-def validate_params(params: SamplingParams) -> None:
+def validate_params(params: SamplingParams, vocab_size: int) -> None:
     if params.max_tokens < 1:
         raise InvalidRequestError("max_tokens must be at least 1")
     if params.temperature < 0:
@@ -77,6 +77,15 @@ def validate_params(params: SamplingParams) -> None:
         raise InvalidRequestError("top_p must be in (0, 1]")
     if params.top_k < 0:
         raise InvalidRequestError("top_k must not be negative")
+    if not 0 <= params.min_tokens <= params.max_tokens:
+        raise InvalidRequestError("min_tokens must be in [0, max_tokens]", "min_tokens")
+    if params.repetition_penalty <= 0:
+        raise InvalidRequestError("repetition_penalty must be positive", "repetition_penalty")
+    if any(not 0 <= token < vocab_size for token, _ in params.logit_bias):
+        raise InvalidRequestError(
+            f"logit_bias holds a token id outside this model's vocabulary [0, {vocab_size})",
+            "logit_bias",
+        )
 
 
 class ContinuousBatchingEngine:
@@ -165,11 +174,16 @@ class ContinuousBatchingEngine:
         Call it on the event loop that will consume the stream: deltas are delivered to it.
         """
         params = request.params
-        validate_params(params)
+        vocab_size = self._codec.vocab_size
+        validate_params(params, vocab_size)
         prompt_tokens = len(request.prompt_token_ids)
         context = self.context_length
         if prompt_tokens == 0:
             raise InvalidRequestError("the prompt is empty")
+        if any(not 0 <= token < vocab_size for token in request.prompt_token_ids):
+            raise InvalidRequestError(
+                f"the prompt holds a token id outside this model's vocabulary [0, {vocab_size})"
+            )
         if prompt_tokens >= context:
             raise PromptTooLongError(
                 f"the prompt has {prompt_tokens} tokens; the model's context is {context} tokens "

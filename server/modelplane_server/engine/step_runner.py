@@ -39,4 +39,8 @@ class StepRunner(Protocol):
 
 
 class TextCodec(Tokenizing, Protocol):
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this are the tokenizer's (prompts and `logit_bias` are checked)."""
+
     def decode(self, token_ids: Sequence[int]) -> str: ...

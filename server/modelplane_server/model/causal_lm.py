@@ -12,7 +12,7 @@ Every method runs on one thread (the engine's step thread, or the loader before 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicCache
 
 from modelplane_server.engine.contract import SamplingParams
 from modelplane_server.model.kv_cache import SlotKVCache
-from modelplane_server.model.sampling import SamplingState
+from modelplane_server.model.sampling import RowProcessor, SamplingState
 
 # Most padding a prefill group may carry, as a fraction of its real prompt tokens.
 _PREFILL_PADDING_SLACK = 0.125
@@ -63,9 +63,16 @@ class CausalLMRunner:
     """A causal LM and its running batch. Rows are identified by the engine's sequence ids."""
 
     def __init__(
-        self, model: Any, device: torch.device, max_batch_size: int, context_length: int
+        self,
+        model: Any,
+        device: torch.device,
+        max_batch_size: int,
+        context_length: int,
+        eos_token_ids: Iterable[int] = (),
     ) -> None:
         check_supported(model.config)
+        # What `min_tokens` holds back, with each request's stop ids (unless it ignores EOS).
+        self._eos_token_ids = frozenset(eos_token_ids)
         self._model = model
         self._device = device
         self._keeps_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -139,6 +146,7 @@ class CausalLMRunner:
         first_row = self.kv_cache.merge(
             seq_ids=[seq_id],
             params=[params],
+            processors=[self._processor(params, prompt)],
             lengths=[end],
             width=end,
             attention=torch.ones((1, end), dtype=torch.long, device=self._device),
@@ -147,6 +155,14 @@ class CausalLMRunner:
         token = self._sampling.sample(output.logits[:, -1, :], first_row)
         self.kv_cache.last_tokens[first_row] = token[0]
         return int(token[0])
+
+    def _processor(self, params: SamplingParams, prompt: Sequence[int]) -> RowProcessor | None:
+        if not RowProcessor.needed(params):
+            return None
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= self._eos_token_ids
+        return RowProcessor(params, prompt, stop_ids)
 
     def _prefill_group(
         self,
@@ -179,6 +195,9 @@ class CausalLMRunner:
         first_row = self.kv_cache.merge(
             seq_ids=seq_ids,
             params=params,
+            processors=[
+                self._processor(p, prompt) for p, prompt in zip(params, prompts, strict=True)
+            ],
             lengths=lengths,
             width=width,
             attention=attention,

@@ -23,7 +23,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer
 
 from modelplane_server.engine.contract import SamplingParams
-from modelplane_server.model.sampling import SamplingState
+from modelplane_server.model.sampling import RowProcessor, SamplingState
 
 _INITIAL_COLUMNS = 256
 _INITIAL_ROWS = 8
@@ -166,6 +166,7 @@ class SlotKVCache:
         *,
         seq_ids: Sequence[int],
         params: Sequence[SamplingParams],
+        processors: Sequence[RowProcessor | None],
         lengths: list[int],
         width: int,
         attention: torch.Tensor,
@@ -194,6 +195,7 @@ class SlotKVCache:
             [param.top_p for param in params],
             [param.top_k for param in params],
             [param.seed for param in params],
+            processors=processors,
         )
         self.row_seq.extend(seq_ids)
         self.row_start.extend(end - length for length in lengths)

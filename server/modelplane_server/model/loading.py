@@ -272,7 +272,10 @@ def load_generation_engine(
         config.served_model_name or source.derived_id,
         _context_length(model.config, tokenizer),
     )
-    runner = CausalLMRunner(model, device, config.max_batch_size, codec.context_length)
+    eos_token_ids = _eos_token_ids(model, tokenizer)
+    runner = CausalLMRunner(
+        model, device, config.max_batch_size, codec.context_length, eos_token_ids
+    )
     _report(progress, "warming up")
     warm_up_prompt = codec.encode("Hello")
     with torch.inference_mode():
@@ -282,9 +285,7 @@ def load_generation_engine(
     _report(
         progress, f"generation model {codec.model_id!r} ready in {time.monotonic() - began:.1f} s"
     )
-    return ContinuousBatchingEngine(
-        runner, codec, config, _eos_token_ids(model, tokenizer), observer=observer
-    )
+    return ContinuousBatchingEngine(runner, codec, config, eos_token_ids, observer=observer)
 
 
 def _pooling_mode(directory: Path) -> str:

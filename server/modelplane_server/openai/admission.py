@@ -55,7 +55,7 @@ def engine_error(error: EngineError, input_param: str = "prompt") -> ApiError:
             code="context_length_exceeded",
         )
     if isinstance(error, InvalidRequestError):
-        return invalid(input_param, str(error))
+        return invalid(error.param or input_param, str(error))
     if isinstance(error, NotAcceptingError):
         return unavailable(f"The server is not accepting work: {error}", 1.0, "not_accepting")
     return ApiError(500, f"The engine failed: {error}", type=ErrorType.SERVER, code="engine_error")

@@ -34,27 +34,43 @@ async def create_completion(
 ) -> Response:
     arrival = time.monotonic()
     engine, model = admission.generation_engine(body.model)
-    prompt = body.prompt_text()
-    prompt_ids = await tokenize(partial(engine.encode, prompt), len(prompt))
+    prompt = body.prompt_input()
+    if isinstance(prompt, str):
+        prompt_ids = await tokenize(partial(engine.encode, prompt), len(prompt))
+    else:
+        prompt_ids = prompt
     generation = await submit(
         admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
-    return await respond(raw, generation, body, completion_events, _response)
+    echo = prompt if body.echo and isinstance(prompt, str) else ""
+    return await respond(
+        raw,
+        generation,
+        body,
+        partial(completion_events, echo=echo),
+        partial(_response, echo=echo),
+    )
 
 
-def _response(generation: Generation, text: str, last: GenerationDelta) -> CompletionResponse:
+def _response(
+    generation: Generation, text: str, last: GenerationDelta, echo: str = ""
+) -> CompletionResponse:
     return CompletionResponse(
         id=generation.request_id,
         created=int(time.time()),
         model=generation.model,
-        choices=[CompletionChoice(text=text, finish_reason=str(last.finish_reason))],
+        choices=[CompletionChoice(text=echo + text, finish_reason=str(last.finish_reason))],
         usage=usage(last),
     )
 
 
-def completion_events(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """OpenAI streams completions as `text_completion` objects, one choice delta each."""
+def completion_events(
+    generation: Generation, include_usage: bool, echo: str = ""
+) -> AsyncIterator[bytes]:
+    """OpenAI streams completions as `text_completion` objects, one choice delta each; `echo`
+    (the prompt, with `echo=true`) comes first, with the first delta."""
     created = int(time.time())
+    pending_echo = [echo]
 
     def chunk(
         choices: list[CompletionChoice], usage_: GenerationDelta | None = None
@@ -68,10 +84,11 @@ def completion_events(generation: Generation, include_usage: bool) -> AsyncItera
         )
 
     def chunks(delta: GenerationDelta) -> list[bytes]:
-        if not delta.text and delta.finish_reason is None:
+        text = pending_echo.pop() + delta.text if pending_echo else delta.text
+        if not text and delta.finish_reason is None:
             return []
         finish = None if delta.finish_reason is None else str(delta.finish_reason)
-        choice = CompletionChoice(text=delta.text, finish_reason=finish)
+        choice = CompletionChoice(text=text, finish_reason=finish)
         return [chunk_event(chunk([choice]), include_usage)]
 
     def usage_chunk(last: GenerationDelta) -> bytes:

@@ -3,7 +3,7 @@
 
 Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
 `store`), but reject with a 400 naming the parameter every field they know and cannot honour (`n>1`,
-`logprobs`, `echo`, `best_of`, tools). The request models own their conversion to engine values
+`logprobs`, `best_of`, tools). The request models own their conversion to engine values
 (`sampling_params`, `template_messages`), so the serving code never re-reads raw request fields.
 Our own endpoint (`/v1/similarity`) forbids unknown fields.
 """
@@ -29,6 +29,8 @@ from modelplane_server.engine.contract import SamplingParams
 from modelplane_server.http.errors import invalid
 
 MAX_STOP_SEQUENCES = 16
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_REPETITION_PENALTY = 10.0
 MAX_EMBEDDING_INPUTS = 2048
 MAX_SIMILARITY_TEXTS = 256
 INT32_MAX = 2**31 - 1
@@ -75,9 +77,21 @@ class SamplingFields(OpenAIRequest):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: StrictInt = Field(1, ge=1, le=128, description="only 1 is supported")
-    presence_penalty: Number | None = Field(None, ge=-2.0, le=2.0, description="only 0")
-    frequency_penalty: Number | None = Field(None, ge=-2.0, le=2.0, description="only 0")
-    logit_bias: dict[str, Number] | None = Field(None, description="not supported")
+    presence_penalty: Number | None = Field(
+        None, ge=-2.0, le=2.0, description="subtracted from every generated token's logit"
+    )
+    frequency_penalty: Number | None = Field(
+        None, ge=-2.0, le=2.0, description="... times how often the token was generated"
+    )
+    repetition_penalty: Number | None = Field(
+        None, gt=0.0, le=MAX_REPETITION_PENALTY, description="vLLM's: >1 discourages repeats"
+    )
+    logit_bias: dict[str, Annotated[float, Field(strict=True, ge=-100, le=100)]] | None = Field(
+        None, description="token id (as a string) -> added to its logit, -100 to 100"
+    )
+    min_tokens: StrictInt = Field(
+        0, ge=0, le=INT32_MAX, description="no EOS or stop token id before this many tokens"
+    )
     user: StrictStr | None = None
     priority: StrictInt = Field(
         0, ge=-INT32_MAX, le=INT32_MAX, description="lower runs first (like vLLM); default 0"
@@ -91,18 +105,13 @@ class SamplingFields(OpenAIRequest):
             raise _unsupported("n > 1")
         return n
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, penalty: float | None) -> float | None:
-        if penalty:
-            raise _unsupported("a non-zero penalty")
-        return penalty
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        if bias:
-            raise _unsupported("logit_bias")
+    def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias is not None and not all(key.isdigit() for key in bias):
+            raise ValueError("logit_bias keys must be token ids (non-negative integers)")
+        if bias is not None and len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} logit_bias entries are allowed")
         return bias
 
     @field_validator("stop")
@@ -143,6 +152,11 @@ class SamplingFields(OpenAIRequest):
             stop=self.stop_strings(),
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
         )
 
 
@@ -153,15 +167,15 @@ class CompletionRequest(SamplingFields):
     """`POST /v1/completions`. One text prompt per request (a list of one string is accepted)."""
 
     prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] = Field(
-        description="the prompt text; token-id prompts are rejected"
+        description="one prompt: text, or token ids (a list of one of either is accepted too)"
     )
     max_tokens: StrictInt | None = Field(16, ge=1, le=INT32_MAX)
-    echo: StrictBool = Field(False, description="not supported")
+    echo: StrictBool = Field(False, description="prefix the completion with the text prompt")
     best_of: StrictInt | None = Field(None, ge=1, le=128, description="only 1")
     logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
     suffix: StrictStr | None = Field(None, description="not supported")
 
-    @field_validator("echo", "suffix", "logprobs")
+    @field_validator("suffix", "logprobs")
     @classmethod
     def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
@@ -179,20 +193,25 @@ class CompletionRequest(SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def prompt_text(self) -> str:
-        """The one prompt, or an `ApiError` naming `prompt` for what we do not serve."""
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        texts = [item for item in prompts if isinstance(item, str)]
-        if not prompts:
-            raise invalid("prompt", "prompt must not be empty")
-        if len(texts) != len(prompts):
-            raise invalid("prompt", "token-id prompts are not supported; send the prompt as text")
-        if len(texts) != 1:
+    def prompt_input(self) -> str | list[int]:
+        """The one prompt, as text or token ids, or an `ApiError` naming `prompt` for what we
+        do not serve."""
+        prompt = self.prompt
+        prompts: list[Any] = (
+            [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
+        )
+        if len(prompts) > 1:
             raise invalid("prompt", "only one prompt per request is supported")
-        prompt = texts[0]
-        if not prompt:
+        if not prompts or not prompts[0]:
             raise invalid("prompt", "prompt must not be empty")
-        return prompt
+        if self.echo and not isinstance(prompts[0], str):
+            raise invalid("echo", "echo needs a text prompt")
+        one: str | list[int] = prompts[0]
+        return one
+
+
+def _is_token_ids(prompt: object) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
 
 
 # --- chat ---------------------------------------------------------------------------------------

@@ -106,6 +106,10 @@ class CharacterCodec:
     def context_length(self) -> int:
         return self._context_length
 
+    @property
+    def vocab_size(self) -> int:
+        return 0x110000  # every code point
+
     def encode(self, text: str) -> list[int]:
         return [ord(character) for character in text]
 
