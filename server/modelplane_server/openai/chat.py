@@ -15,8 +15,8 @@ from modelplane_server.engine.contract import GenerationDelta
 from modelplane_server.http.errors import invalid
 from modelplane_server.openai.admission import Admission
 from modelplane_server.openai.generation import (
+    Choices,
     Endpoint,
-    Generation,
     respond,
     submit,
     tokenize,
@@ -51,20 +51,28 @@ async def create_chat_completion(
         if not _is_template_refusal(error):
             raise
         raise invalid("messages", f"The chat template rejected the messages: {error}") from error
-    generation = await submit(
+    choices = await submit(
         admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
-    return await respond(raw, generation, body, chat_events, _response)
+    return await respond(raw, choices, body, chat_events, _response)
 
 
-def _response(generation: Generation, text: str, last: GenerationDelta) -> ChatCompletionResponse:
-    message = AssistantMessage(content=text)
+def _response(
+    choices: Choices, results: list[tuple[str, GenerationDelta]]
+) -> ChatCompletionResponse:
     return ChatCompletionResponse(
-        id=generation.request_id,
+        id=choices.response_id,
         created=int(time.time()),
-        model=generation.model,
-        choices=[ChatChoice(message=message, finish_reason=str(last.finish_reason))],
-        usage=usage(last),
+        model=choices.model,
+        choices=[
+            ChatChoice(
+                index=index,
+                message=AssistantMessage(content=text),
+                finish_reason=str(last.finish_reason),
+            )
+            for index, (text, last) in enumerate(results)
+        ],
+        usage=usage([last for _, last in results]),
     )
 
 
@@ -76,31 +84,36 @@ def _is_template_refusal(error: Exception) -> bool:
     )
 
 
-async def chat_events(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """A first chunk with the assistant's role, then one per text delta and one for the finish."""
+async def chat_events(choices: Choices, include_usage: bool) -> AsyncIterator[bytes]:
+    """For each choice a first chunk with the assistant's role, then one per text delta and one
+    for the finish."""
     created = int(time.time())
 
-    def chunk(choices: list[ChatChunkChoice], last: GenerationDelta | None = None) -> bytes:
+    def chunk(parts: list[ChatChunkChoice], lasts: list[GenerationDelta] | None = None) -> bytes:
         body = ChatCompletionChunk(
-            id=generation.request_id,
+            id=choices.response_id,
             created=created,
-            model=generation.model,
-            choices=choices,
-            usage=None if last is None else usage(last),
+            model=choices.model,
+            choices=parts,
+            usage=None if lasts is None else usage(lasts),
         )
         return chunk_event(body, include_usage)
 
-    def chunks(delta: GenerationDelta) -> list[bytes]:
+    def chunks(index: int, delta: GenerationDelta) -> list[bytes]:
         events = []
         if delta.text:
-            events.append(chunk([ChatChunkChoice(delta=ChatDelta(content=delta.text))]))
+            content = ChatDelta(content=delta.text)
+            events.append(chunk([ChatChunkChoice(index=index, delta=content)]))
         if delta.finish_reason is not None:
             finish = str(delta.finish_reason)
-            events.append(chunk([ChatChunkChoice(delta=ChatDelta(), finish_reason=finish)]))
+            end = ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)
+            events.append(chunk([end]))
         return events
 
-    yield chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])
-    usage_chunk = (lambda last: chunk([], last)) if include_usage else None
-    async with contextlib.aclosing(stream_events(generation, chunks, usage_chunk)) as events:
+    for index in range(len(choices.generations)):
+        role = ChatDelta(role="assistant", content="")
+        yield chunk([ChatChunkChoice(index=index, delta=role)])
+    usage_chunk = (lambda lasts: chunk([], lasts)) if include_usage else None
+    async with contextlib.aclosing(stream_events(choices, chunks, usage_chunk)) as events:
         async for item in events:
             yield item

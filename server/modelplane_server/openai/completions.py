@@ -12,8 +12,8 @@ from starlette.responses import Response
 from modelplane_server.engine.contract import GenerationDelta
 from modelplane_server.openai.admission import Admission
 from modelplane_server.openai.generation import (
+    Choices,
     Endpoint,
-    Generation,
     respond,
     submit,
     tokenize,
@@ -39,13 +39,13 @@ async def create_completion(
         prompt_ids = await tokenize(partial(engine.encode, prompt), len(prompt))
     else:
         prompt_ids = prompt
-    generation = await submit(
+    choices = await submit(
         admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
     echo = prompt if body.echo and isinstance(prompt, str) else ""
     return await respond(
         raw,
-        generation,
+        choices,
         body,
         partial(completion_events, echo=echo),
         partial(_response, echo=echo),
@@ -53,45 +53,48 @@ async def create_completion(
 
 
 def _response(
-    generation: Generation, text: str, last: GenerationDelta, echo: str = ""
+    choices: Choices, results: list[tuple[str, GenerationDelta]], echo: str = ""
 ) -> CompletionResponse:
     return CompletionResponse(
-        id=generation.request_id,
+        id=choices.response_id,
         created=int(time.time()),
-        model=generation.model,
-        choices=[CompletionChoice(text=echo + text, finish_reason=str(last.finish_reason))],
-        usage=usage(last),
+        model=choices.model,
+        choices=[
+            CompletionChoice(index=index, text=echo + text, finish_reason=str(last.finish_reason))
+            for index, (text, last) in enumerate(results)
+        ],
+        usage=usage([last for _, last in results]),
     )
 
 
 def completion_events(
-    generation: Generation, include_usage: bool, echo: str = ""
+    choices: Choices, include_usage: bool, echo: str = ""
 ) -> AsyncIterator[bytes]:
     """OpenAI streams completions as `text_completion` objects, one choice delta each; `echo`
-    (the prompt, with `echo=true`) comes first, with the first delta."""
+    (the prompt, with `echo=true`) comes first, with each choice's first delta."""
     created = int(time.time())
-    pending_echo = [echo]
+    pending_echo = [echo] * len(choices.generations)
 
     def chunk(
-        choices: list[CompletionChoice], usage_: GenerationDelta | None = None
+        parts: list[CompletionChoice], lasts: list[GenerationDelta] | None = None
     ) -> CompletionResponse:
         return CompletionResponse(
-            id=generation.request_id,
+            id=choices.response_id,
             created=created,
-            model=generation.model,
-            choices=choices,
-            usage=None if usage_ is None else usage(usage_),
+            model=choices.model,
+            choices=parts,
+            usage=None if lasts is None else usage(lasts),
         )
 
-    def chunks(delta: GenerationDelta) -> list[bytes]:
-        text = pending_echo.pop() + delta.text if pending_echo else delta.text
+    def chunks(index: int, delta: GenerationDelta) -> list[bytes]:
+        text, pending_echo[index] = pending_echo[index] + delta.text, ""
         if not text and delta.finish_reason is None:
             return []
         finish = None if delta.finish_reason is None else str(delta.finish_reason)
-        choice = CompletionChoice(text=text, finish_reason=finish)
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
         return [chunk_event(chunk([choice]), include_usage)]
 
-    def usage_chunk(last: GenerationDelta) -> bytes:
-        return chunk_event(chunk([], last), include_usage=True)
+    def usage_chunk(lasts: list[GenerationDelta]) -> bytes:
+        return chunk_event(chunk([], lasts), include_usage=True)
 
-    return stream_events(generation, chunks, usage_chunk if include_usage else None)
+    return stream_events(choices, chunks, usage_chunk if include_usage else None)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -83,6 +83,19 @@ class Generation:
         self.on_finished()
 
 
+@dataclass
+class Choices:
+    """The `n` generations of one request (one unless it asked for more), in choice order."""
+
+    response_id: str
+    model: str
+    generations: list[Generation]
+
+    async def close(self) -> None:
+        for generation in self.generations:
+            await generation.close()
+
+
 async def tokenize(tokenize: Callable[[], list[int]], characters: int) -> list[int]:
     if characters <= INLINE_TOKENIZE_CHARS:
         return tokenize()
@@ -125,31 +138,38 @@ async def submit(
     *,
     arrival: float,
     endpoint: Endpoint,
-) -> Generation:
-    """Check the lengths, submit to the `served` (engine, model id), and wait (racing a
-    disconnect) for the first delta. `arrival` is when the handler began, so TTFT includes
-    tokenizing, as vLLM's does."""
+) -> Choices:
+    """Check the lengths, submit the request's `n` choices to the `served` (engine, model id) at
+    once (so they share batches), and wait (racing a disconnect) for every first delta. `arrival`
+    is when the handler began, so TTFT includes tokenizing, as vLLM's does."""
     engine, model = served
     limit = max_tokens(engine, len(prompt_token_ids), fields, endpoint.input_param)
-    request = GenerationRequest(
-        request_id=f"{endpoint.id_prefix}-{uuid.uuid4().hex}",
-        prompt_token_ids=tuple(prompt_token_ids),
-        params=fields.sampling_params(limit),
-        priority=fields.priority,
-        arrival_time=arrival,
-        queue_deadline=arrival + admission.limits.queue_timeout_s,
-        deadline=arrival + admission.limits.request_timeout_s,
-    )
+    params = fields.sampling_params(limit)
+    response_id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
+    requests = [
+        GenerationRequest(
+            request_id=response_id if fields.n == 1 else f"{response_id}-{index}",
+            prompt_token_ids=tuple(prompt_token_ids),
+            # A seeded request's choices differ from each other yet repeat from run to run.
+            params=params if params.seed is None else replace(params, seed=params.seed + index),
+            priority=fields.priority,
+            arrival_time=arrival,
+            queue_deadline=arrival + admission.limits.queue_timeout_s,
+            deadline=arrival + admission.limits.request_timeout_s,
+        )
+        for index in range(fields.n)
+    ]
     lifecycle = admission.lifecycle
-    lifecycle.generation_started()
-    iterator: AsyncIterator[GenerationDelta] | None = None
+    iterators: list[AsyncIterator[GenerationDelta]] = []
+    started = 0
     try:
-        iterator = engine.generate(request)
-        first = await until_disconnected(raw.receive, anext(iterator))
+        for request in requests:
+            lifecycle.generation_started()
+            started += 1
+            iterators.append(engine.generate(request))
+        firsts = await until_disconnected(raw.receive, _first_deltas(iterators))
     except BaseException as error:
-        if iterator is not None:
-            await close_quietly(iterator)
-        lifecycle.generation_finished()
+        await _abandon(iterators, started, lifecycle.generation_finished)
         if isinstance(error, EngineError):
             raise engine_error(error, endpoint.input_param) from error
         if isinstance(error, StopAsyncIteration):
@@ -157,11 +177,33 @@ async def submit(
                 500, "The engine ended the stream without a result.", type=ErrorType.SERVER
             ) from error
         raise
-    if first.finish_reason is not None and not first.token_ids and not first.text:
+    for first in firsts:
+        if first.finish_reason is not None and not first.token_ids and not first.text:
+            await _abandon(iterators, started, lifecycle.generation_finished)
+            _raise_for_empty_finish(first.finish_reason)
+    generations = [
+        Generation(request.request_id, model, first, iterator, lifecycle.generation_finished)
+        for request, first, iterator in zip(requests, firsts, iterators, strict=True)
+    ]
+    return Choices(response_id, model, generations)
+
+
+async def _first_deltas(iterators: list[AsyncIterator[GenerationDelta]]) -> list[GenerationDelta]:
+    tasks = [asyncio.ensure_future(anext(iterator)) for iterator in iterators]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _abandon(
+    iterators: list[AsyncIterator[GenerationDelta]], started: int, finished: Callable[[], None]
+) -> None:
+    for iterator in iterators:
         await close_quietly(iterator)
-        lifecycle.generation_finished()
-        _raise_for_empty_finish(first.finish_reason)
-    return Generation(request.request_id, model, first, iterator, lifecycle.generation_finished)
+    for _ in range(started):
+        finished()
 
 
 def _raise_for_empty_finish(reason: FinishReason) -> None:
@@ -181,10 +223,10 @@ def _raise_for_empty_finish(reason: FinishReason) -> None:
         )
 
 
-async def collect(raw: Request, generation: Generation) -> tuple[str, GenerationDelta]:
-    """The whole text and the last delta (its finish reason and token counts)."""
+async def collect(raw: Request, choices: Choices) -> list[tuple[str, GenerationDelta]]:
+    """Each choice's whole text and last delta (its finish reason and token counts)."""
 
-    async def consume() -> tuple[str, GenerationDelta]:
+    async def consume(generation: Generation) -> tuple[str, GenerationDelta]:
         parts: list[str] = []
         last = generation.first
         deltas = generation.deltas()
@@ -196,31 +238,37 @@ async def collect(raw: Request, generation: Generation) -> tuple[str, Generation
             await close_quietly(deltas)
         return "".join(parts), last
 
+    async def consume_all() -> list[tuple[str, GenerationDelta]]:
+        return list(await asyncio.gather(*(consume(g) for g in choices.generations)))
+
     try:
-        return await until_disconnected(raw.receive, consume())
+        return await until_disconnected(raw.receive, consume_all())
     finally:
-        await generation.close()
+        await choices.close()
 
 
 async def respond(
     raw: Request,
-    generation: Generation,
+    choices: Choices,
     fields: SamplingFields,
-    events: Callable[[Generation, bool], AsyncIterator[bytes]],
-    response: Callable[[Generation, str, GenerationDelta], BaseModel],
+    events: Callable[[Choices, bool], AsyncIterator[bytes]],
+    response: Callable[[Choices, list[tuple[str, GenerationDelta]]], BaseModel],
 ) -> Response:
-    """Stream the generation's `events`, or collect it into `response(generation, text, last)`."""
-    headers = {"X-Request-Id": generation.request_id}
+    """Stream the choices' `events`, or collect them into `response(choices, results)`."""
+    headers = {"X-Request-Id": choices.response_id}
     if fields.stream:
-        stream = events(generation, fields.include_usage)
-        return EventStreamResponse(stream, on_close=generation.close, headers=headers)
-    text, last = await collect(raw, generation)
-    return JSONResponse(response(generation, text, last).model_dump(), headers=headers)
+        stream = events(choices, fields.include_usage)
+        return EventStreamResponse(stream, on_close=choices.close, headers=headers)
+    results = await collect(raw, choices)
+    return JSONResponse(response(choices, results).model_dump(), headers=headers)
 
 
-def usage(delta: GenerationDelta) -> Usage:
+def usage(lasts: Sequence[GenerationDelta]) -> Usage:
+    """The prompt once (the choices share it), and every choice's completion tokens."""
+    prompt_tokens = lasts[0].prompt_tokens
+    completion_tokens = sum(last.completion_tokens for last in lasts)
     return Usage(
-        prompt_tokens=delta.prompt_tokens,
-        completion_tokens=delta.completion_tokens,
-        total_tokens=delta.prompt_tokens + delta.completion_tokens,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
     )

@@ -2,8 +2,8 @@
 `http.errors`'s).
 
 Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
-`store`), but reject with a 400 naming the parameter every field they know and cannot honour (`n>1`,
-`logprobs`, `best_of`, tools). The request models own their conversion to engine values
+`store`), but reject with a 400 naming the parameter every field they know and cannot honour
+(`logprobs`, `best_of`, tools). The request models own their conversion to engine values
 (`sampling_params`, `template_messages`), so the serving code never re-reads raw request fields.
 Our own endpoint (`/v1/similarity`) forbids unknown fields.
 """
@@ -29,6 +29,7 @@ from modelplane_server.engine.contract import SamplingParams
 from modelplane_server.http.errors import invalid
 
 MAX_STOP_SEQUENCES = 16
+MAX_CHOICES = 16
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_REPETITION_PENALTY = 10.0
 MAX_EMBEDDING_INPUTS = 2048
@@ -76,7 +77,9 @@ class SamplingFields(OpenAIRequest):
     ignore_eos: StrictBool = False
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: StrictInt = Field(1, ge=1, le=128, description="only 1 is supported")
+    n: StrictInt = Field(
+        1, ge=1, le=MAX_CHOICES, description="choices, generated side by side in the batch"
+    )
     presence_penalty: Number | None = Field(
         None, ge=-2.0, le=2.0, description="subtracted from every generated token's logit"
     )
@@ -98,13 +101,6 @@ class SamplingFields(OpenAIRequest):
     )
 
     # Each check is a field validator so that the 400's `param` names the field.
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise _unsupported("n > 1")
-        return n
-
     @field_validator("logit_bias")
     @classmethod
     def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:

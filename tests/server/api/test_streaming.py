@@ -16,7 +16,7 @@ from modelplane_server.http.streaming import (
     EventStreamResponse,
     until_disconnected,
 )
-from modelplane_server.openai.generation import Generation, collect
+from modelplane_server.openai.generation import Choices, Generation, collect
 
 HTTP_SCOPE = {
     "type": "http",
@@ -108,7 +108,8 @@ async def test_collecting_a_generation_whose_client_left_closes_the_engine_strea
     generation = Generation(
         "cmpl-1", "m", GenerationDelta("a", (1,), 1, 1), stream, lambda: finished.append("done")
     )
+    choices = Choices("cmpl-1", "m", [generation])
     with pytest.raises(ClientDisconnectedError):
-        await asyncio.wait_for(collect(Request(HTTP_SCOPE, receive=gone), generation), 5)
+        await asyncio.wait_for(collect(Request(HTTP_SCOPE, receive=gone), choices), 5)
     assert stream.closed
     assert finished == ["done"]

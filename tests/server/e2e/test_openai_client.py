@@ -171,7 +171,7 @@ def test_bad_requests_are_openai_errors(client: openai.OpenAI) -> None:
     assert too_long.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as two:
         client.chat.completions.create(
-            model="tiny-llama", messages=[{"role": "user", "content": "x"}], n=2
+            model="tiny-llama", messages=[{"role": "user", "content": "x"}], n=17
         )
     assert two.value.param == "n"
     with pytest.raises(openai.NotFoundError):

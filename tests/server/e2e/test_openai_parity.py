@@ -136,3 +136,52 @@ def test_echo_prefixes_the_prompt_streamed_or_not(client: openai.OpenAI) -> None
     chunks = [chunk.choices[0].text for chunk in stream if chunk.choices]
     assert chunks[0].startswith(prompt)
     assert "".join(chunks) == prompt + plain
+
+
+def test_n_choices_are_generated_side_by_side(client: openai.OpenAI) -> None:
+    sampled = {"model": MODEL, "temperature": 1.0, "seed": 7, "extra_body": NO_EOS}
+    one = client.completions.create(prompt="Hello", max_tokens=6, **sampled)
+    three = client.completions.create(prompt="Hello", max_tokens=6, n=3, **sampled)
+    assert [choice.index for choice in three.choices] == [0, 1, 2]
+    assert three.usage is not None
+    assert one.usage is not None
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
+    assert three.usage.completion_tokens == 18
+    # Choice i is seeded with seed + i: the first is the n=1 answer, the others differ from it,
+    # and a second run repeats them all.
+    texts = [choice.text for choice in three.choices]
+    assert texts[0] == one.choices[0].text
+    assert len(set(texts)) > 1
+    again = client.completions.create(prompt="Hello", max_tokens=6, n=3, **sampled)
+    assert [choice.text for choice in again.choices] == texts
+
+
+def test_n_streamed_chat_choices_arrive_by_index(client: openai.OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Tell me a story"}]
+    whole = client.chat.completions.create(
+        messages=messages, max_tokens=5, n=2, extra_body=NO_EOS, **GREEDY
+    )
+    expected = [choice.message.content for choice in whole.choices]
+    assert expected[0] == expected[1]  # greedy: the same answer twice
+    stream = client.chat.completions.create(
+        messages=messages,
+        max_tokens=5,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=NO_EOS,
+        **GREEDY,
+    )
+    texts = ["", ""]
+    finishes: list[str | None] = [None, None]
+    usage = None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == expected
+    assert finishes == ["length", "length"]
+    assert usage is not None
+    assert usage.completion_tokens == 10
