@@ -79,6 +79,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # ... times how often it was generated
     repetition_penalty: float = 1.0  # divides (multiplies if negative) prompt and output logits
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: int | None = None  # report each token's logprob and this many top alternatives
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,24 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class SampledLogprob:
+    """A generated token's log-probability and the most likely alternatives (token id, logprob),
+    from the logits after `logit_bias` and the penalties, before temperature, top-k and top-p."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """`SampledLogprob` with its tokens as text, as a delta reports it."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationDelta:
     """One increment of a generation stream. The last one has `finish_reason` set."""
 
@@ -101,6 +120,8 @@ class GenerationDelta:
     prompt_tokens: int
     completion_tokens: int  # total so far
     finish_reason: FinishReason | None = None
+    # With `SamplingParams.logprobs`: one entry per id of `token_ids`.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class EngineError(Exception):

@@ -50,6 +50,7 @@ from modelplane_server.engine.contract import (
     PromptTooLongError,
     QueueFullError,
     RequestStats,
+    SampledLogprob,
     SamplingParams,
     StepStats,
 )
@@ -345,7 +346,8 @@ class ContinuousBatchingEngine:
         sequence.prefilled = end
         if token is not None:
             self._chunking = None
-            self._accept_token(sequence, token, self._clock())
+            logprobs = self._runner.take_logprobs()
+            self._accept_token(sequence, token, self._clock(), logprobs.get(sequence.seq_id))
         return end - start
 
     def _prefill(self, newcomers: list[GenerationSequence], started: float) -> int:
@@ -365,8 +367,9 @@ class ContinuousBatchingEngine:
                 self._finish(sequence, FinishReason.ABORT)
             return 0
         now = self._clock()
+        logprobs = self._runner.take_logprobs()
         for sequence, token in zip(newcomers, tokens, strict=True):
-            self._accept_token(sequence, token, now)
+            self._accept_token(sequence, token, now, logprobs.get(sequence.seq_id))
         return sum(sequence.prompt_tokens for sequence in newcomers)
 
     def _decode(self) -> int:
@@ -388,15 +391,24 @@ class ContinuousBatchingEngine:
             return 0
         now = self._clock()
         running = self._running
+        logprobs = self._runner.take_logprobs()
         for seq_id, token in zip(seq_ids, tokens, strict=True):
-            self._accept_token(running[seq_id], token, now)
+            self._accept_token(running[seq_id], token, now, logprobs.get(seq_id))
         return len(seq_ids)
 
-    def _accept_token(self, sequence: GenerationSequence, token: int, now: float) -> None:
+    def _accept_token(
+        self,
+        sequence: GenerationSequence,
+        token: int,
+        now: float,
+        logprob: SampledLogprob | None = None,
+    ) -> None:
         if sequence.state is not SequenceState.RUNNING:
             return
         sequence.generated += 1
         sequence.new_tokens.append(token)
+        if logprob is not None:
+            sequence.new_logprobs.append(logprob)
         if sequence.first_token_at is None:
             sequence.first_token_at = now
         elif sequence.last_token_at is not None:

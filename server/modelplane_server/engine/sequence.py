@@ -8,7 +8,7 @@ import enum
 import time
 from dataclasses import dataclass
 
-from modelplane_server.engine.contract import FinishReason, GenerationRequest
+from modelplane_server.engine.contract import FinishReason, GenerationRequest, SampledLogprob
 
 
 class SequenceState(enum.Enum):
@@ -25,6 +25,7 @@ class StreamEvent:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     hidden_tail: int = 0  # trailing ids (EOS / stop id) that count as tokens but are not text
+    logprobs: tuple[SampledLogprob, ...] = ()  # one per token id, when the request asked
 
 
 class GenerationSequence:
@@ -48,6 +49,7 @@ class GenerationSequence:
         self.state = SequenceState.WAITING
         self.generated = 0
         self.new_tokens: list[int] = []
+        self.new_logprobs: list[SampledLogprob] = []
         self.arrival = request.arrival_time or time.monotonic()
         self.admitted_at: float | None = None
         self.prefilled = 0  # prompt tokens already in the cache, for a chunked prefill
@@ -71,6 +73,9 @@ class GenerationSequence:
 
     def take_event(self, reason: FinishReason | None, hidden_tail: int = 0) -> StreamEvent:
         """The tokens generated since the last event, as the next event."""
-        event = StreamEvent(tuple(self.new_tokens), self.generated, reason, hidden_tail)
+        event = StreamEvent(
+            tuple(self.new_tokens), self.generated, reason, hidden_tail, tuple(self.new_logprobs)
+        )
         self.new_tokens = []
+        self.new_logprobs = []
         return event

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from modelplane_server.engine.contract import SamplingParams, Tokenizing
+from modelplane_server.engine.contract import SampledLogprob, SamplingParams, Tokenizing
 
 
 class StepRunner(Protocol):
@@ -30,6 +30,10 @@ class StepRunner(Protocol):
 
     def decode(self) -> tuple[list[int], list[int]]:
         """One token for every running sequence: (sequence ids, tokens), aligned."""
+
+    def take_logprobs(self) -> dict[int, SampledLogprob]:
+        """The logprobs of the tokens the last prefill or decode produced, by sequence id (only
+        for sequences whose `SamplingParams.logprobs` is set)."""
 
     def release(self, seq_ids: Sequence[int]) -> None:
         """Remove sequences from the running batch."""

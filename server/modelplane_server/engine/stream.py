@@ -9,7 +9,12 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 
-from modelplane_server.engine.contract import FinishReason, GenerationDelta
+from modelplane_server.engine.contract import (
+    FinishReason,
+    GenerationDelta,
+    SampledLogprob,
+    TokenLogprob,
+)
 from modelplane_server.engine.detokenize import IncrementalDetokenizer, StopStringMatcher
 from modelplane_server.engine.sequence import GenerationSequence, StreamEvent
 from modelplane_server.engine.step_runner import TextCodec
@@ -59,6 +64,8 @@ class GenerationStream:
         self._detokenizer = IncrementalDetokenizer(codec, sequence.request.prompt_token_ids)
         self._stops = StopStringMatcher(stops)
         self._pending_ids: list[int] = []
+        self._codec = codec
+        self._pending_logprobs: list[TokenLogprob] = []
         self._done = False
         # A stream dropped without being closed must not keep generating for nobody.
         self._finalizer = weakref.finalize(self, cancel, sequence, FinishReason.CANCELLED, None)
@@ -98,6 +105,10 @@ class GenerationStream:
         ids: list[int] = []
         for event in events:
             ids.extend(event.token_ids)
+            self._pending_logprobs.extend(
+                self._as_text(logprob, token)
+                for token, logprob in zip(event.token_ids, event.logprobs, strict=False)
+            )
             completion_tokens = event.completion_tokens
             if event.finish_reason is not None:
                 finish, hidden = event.finish_reason, event.hidden_tail
@@ -114,10 +125,18 @@ class GenerationStream:
         elif not text:
             return None  # nothing printable yet (a partial character or a possible stop string)
         token_ids, self._pending_ids = tuple(self._pending_ids), []
+        logprobs, self._pending_logprobs = tuple(self._pending_logprobs), []
         return GenerationDelta(
             text=text,
             token_ids=token_ids,
             prompt_tokens=self._sequence.prompt_tokens,
             completion_tokens=completion_tokens,
             finish_reason=finish,
+            logprobs=logprobs,
+        )
+
+    def _as_text(self, logprob: SampledLogprob, token: int) -> TokenLogprob:
+        decode = self._codec.decode
+        return TokenLogprob(
+            decode([token]), logprob.logprob, tuple((decode([t]), v) for t, v in logprob.top)
         )

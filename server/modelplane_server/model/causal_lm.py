@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from modelplane_server.engine.contract import SamplingParams
+from modelplane_server.engine.contract import SampledLogprob, SamplingParams
 from modelplane_server.model.kv_cache import SlotKVCache
 from modelplane_server.model.sampling import RowProcessor, SamplingState
 
@@ -229,6 +229,16 @@ class CausalLMRunner:
         tokens = self._sampling.sample(output.logits[:, -1, :], 0)
         kv_cache.last_tokens[:rows] = tokens
         return list(kv_cache.row_seq), [int(token) for token in tokens.tolist()]
+
+    def take_logprobs(self) -> dict[int, SampledLogprob]:
+        """The logprobs of the tokens the last prefill or decode produced, by sequence id, for
+        the sequences that asked for them."""
+        taken: dict[int, SampledLogprob] = {}
+        for row, seq_id in enumerate(self.kv_cache.row_seq):
+            processor = self._sampling.processors[row]
+            if processor is not None and processor.sampled is not None:
+                taken[seq_id], processor.sampled = processor.sampled, None
+        return taken
 
     @torch.inference_mode()
     def release(self, seq_ids: Sequence[int]) -> None:

@@ -1,6 +1,6 @@
 """Per-row token sampling for a mixed batch: greedy, temperature, top-k, top-p and per-request
 seeds, after each row's logit processing (`logit_bias`, `min_tokens`, and the repetition, presence
-and frequency penalties).
+and frequency penalties); rows that ask for logprobs keep their last token's.
 
 Each row of a batch carries its own `SamplingParams`; the maths is vectorised over the rows (one
 sort and one softmax for all sampling rows) so the cost per step does not grow with Python loops
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from modelplane_server.engine.contract import SamplingParams
+from modelplane_server.engine.contract import SampledLogprob, SamplingParams
 
 
 class RowProcessor:
@@ -33,13 +33,15 @@ class RowProcessor:
         self._prompt = tuple(prompt)
         self._stop_ids = sorted(set(stop_ids))
         self._generated = 0
+        self.sampled: SampledLogprob | None = None  # the last token's, when logprobs are asked
         self._counts: torch.Tensor | None = None  # output-token counts
         self._seen: torch.Tensor | None = None  # prompt or output, for the repetition penalty
 
     @staticmethod
     def needed(params: SamplingParams) -> bool:
         return bool(
-            params.logit_bias
+            params.logprobs is not None
+            or params.logit_bias
             or params.min_tokens
             or params.presence_penalty
             or params.frequency_penalty
@@ -71,8 +73,18 @@ class RowProcessor:
         if params.presence_penalty:
             logits.sub_(params.presence_penalty * (self._counts > 0).float())
 
-    def observe(self, token: int) -> None:
-        """Count the token this row just produced."""
+    def observe(self, token: int, logits: torch.Tensor) -> None:
+        """Count the token this row just produced from these (processed) `logits`."""
+        if self._params.logprobs is not None:
+            logprobs = logits.float().log_softmax(dim=-1)
+            top = logprobs.topk(min(self._params.logprobs, logprobs.shape[-1]))
+            self.sampled = SampledLogprob(
+                float(logprobs[token]),
+                tuple(
+                    (int(index), float(value))
+                    for index, value in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                ),
+            )
         self._generated += 1
         if self._counts is not None and self._seen is not None:
             self._counts[token] += 1
@@ -169,7 +181,7 @@ class SamplingState:
         tokens = self._pick(logits, first_row)
         for offset, processor in processed:
             assert processor is not None
-            processor.observe(int(tokens[offset]))
+            processor.observe(int(tokens[offset]), logits[offset])
         return tokens
 
     def _pick(self, logits: torch.Tensor, first_row: int) -> torch.Tensor:

@@ -16,12 +16,14 @@ from modelplane_server.http.errors import invalid
 from modelplane_server.openai.admission import Admission
 from modelplane_server.openai.generation import (
     Choices,
+    Collected,
     Endpoint,
     respond,
     submit,
     tokenize,
     usage,
 )
+from modelplane_server.openai.logprobs import chat_logprobs
 from modelplane_server.openai.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -54,11 +56,18 @@ async def create_chat_completion(
     choices = await submit(
         admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
-    return await respond(raw, choices, body, chat_events, _response)
+    logprobs = bool(body.logprobs)
+    return await respond(
+        raw,
+        choices,
+        body,
+        partial(chat_events, logprobs=logprobs),
+        partial(_response, logprobs=logprobs),
+    )
 
 
 def _response(
-    choices: Choices, results: list[tuple[str, GenerationDelta]]
+    choices: Choices, results: list[Collected], logprobs: bool = False
 ) -> ChatCompletionResponse:
     return ChatCompletionResponse(
         id=choices.response_id,
@@ -67,12 +76,13 @@ def _response(
         choices=[
             ChatChoice(
                 index=index,
-                message=AssistantMessage(content=text),
-                finish_reason=str(last.finish_reason),
+                message=AssistantMessage(content=result.text),
+                logprobs=chat_logprobs(result.logprobs) if logprobs else None,
+                finish_reason=str(result.last.finish_reason),
             )
-            for index, (text, last) in enumerate(results)
+            for index, result in enumerate(results)
         ],
-        usage=usage([last for _, last in results]),
+        usage=usage([result.last for result in results]),
     )
 
 
@@ -84,7 +94,9 @@ def _is_template_refusal(error: Exception) -> bool:
     )
 
 
-async def chat_events(choices: Choices, include_usage: bool) -> AsyncIterator[bytes]:
+async def chat_events(
+    choices: Choices, include_usage: bool, logprobs: bool = False
+) -> AsyncIterator[bytes]:
     """For each choice a first chunk with the assistant's role, then one per text delta and one
     for the finish."""
     created = int(time.time())
@@ -101,9 +113,10 @@ async def chat_events(choices: Choices, include_usage: bool) -> AsyncIterator[by
 
     def chunks(index: int, delta: GenerationDelta) -> list[bytes]:
         events = []
-        if delta.text:
+        if delta.text or (logprobs and delta.logprobs):
             content = ChatDelta(content=delta.text)
-            events.append(chunk([ChatChunkChoice(index=index, delta=content)]))
+            entries = chat_logprobs(delta.logprobs) if logprobs else None
+            events.append(chunk([ChatChunkChoice(index=index, delta=content, logprobs=entries)]))
         if delta.finish_reason is not None:
             finish = str(delta.finish_reason)
             end = ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)

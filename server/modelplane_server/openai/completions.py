@@ -13,12 +13,14 @@ from modelplane_server.engine.contract import GenerationDelta
 from modelplane_server.openai.admission import Admission
 from modelplane_server.openai.generation import (
     Choices,
+    Collected,
     Endpoint,
     respond,
     submit,
     tokenize,
     usage,
 )
+from modelplane_server.openai.logprobs import completion_logprobs
 from modelplane_server.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -47,33 +49,39 @@ async def create_completion(
         raw,
         choices,
         body,
-        partial(completion_events, echo=echo),
-        partial(_response, echo=echo),
+        partial(completion_events, echo=echo, logprobs=body.logprobs is not None),
+        partial(_response, echo=echo, logprobs=body.logprobs is not None),
     )
 
 
 def _response(
-    choices: Choices, results: list[tuple[str, GenerationDelta]], echo: str = ""
+    choices: Choices, results: list[Collected], echo: str = "", logprobs: bool = False
 ) -> CompletionResponse:
     return CompletionResponse(
         id=choices.response_id,
         created=int(time.time()),
         model=choices.model,
         choices=[
-            CompletionChoice(index=index, text=echo + text, finish_reason=str(last.finish_reason))
-            for index, (text, last) in enumerate(results)
+            CompletionChoice(
+                index=index,
+                text=echo + result.text,
+                logprobs=completion_logprobs(result.logprobs, len(echo)) if logprobs else None,
+                finish_reason=str(result.last.finish_reason),
+            )
+            for index, result in enumerate(results)
         ],
-        usage=usage([last for _, last in results]),
+        usage=usage([result.last for result in results]),
     )
 
 
 def completion_events(
-    choices: Choices, include_usage: bool, echo: str = ""
+    choices: Choices, include_usage: bool, echo: str = "", logprobs: bool = False
 ) -> AsyncIterator[bytes]:
     """OpenAI streams completions as `text_completion` objects, one choice delta each; `echo`
     (the prompt, with `echo=true`) comes first, with each choice's first delta."""
     created = int(time.time())
     pending_echo = [echo] * len(choices.generations)
+    text_offsets = [0] * len(choices.generations)
 
     def chunk(
         parts: list[CompletionChoice], lasts: list[GenerationDelta] | None = None
@@ -91,7 +99,14 @@ def completion_events(
         if not text and delta.finish_reason is None:
             return []
         finish = None if delta.finish_reason is None else str(delta.finish_reason)
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
+        offset = text_offsets[index] + len(text) - len(delta.text)
+        text_offsets[index] += len(text)
+        choice = CompletionChoice(
+            index=index,
+            text=text,
+            logprobs=completion_logprobs(delta.logprobs, offset) if logprobs else None,
+            finish_reason=finish,
+        )
         return [chunk_event(chunk([choice]), include_usage)]
 
     def usage_chunk(lasts: list[GenerationDelta]) -> bytes:

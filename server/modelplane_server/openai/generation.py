@@ -24,6 +24,7 @@ from modelplane_server.engine.contract import (
     GenerationDelta,
     GenerationEngine,
     GenerationRequest,
+    TokenLogprob,
 )
 from modelplane_server.http.errors import ApiError, ErrorType, invalid, unavailable
 from modelplane_server.http.streaming import (
@@ -223,22 +224,34 @@ def _raise_for_empty_finish(reason: FinishReason) -> None:
         )
 
 
-async def collect(raw: Request, choices: Choices) -> list[tuple[str, GenerationDelta]]:
-    """Each choice's whole text and last delta (its finish reason and token counts)."""
+@dataclass(frozen=True)
+class Collected:
+    """One choice, whole: its text, its last delta (finish reason, token counts) and, when asked
+    for, its tokens' logprobs."""
 
-    async def consume(generation: Generation) -> tuple[str, GenerationDelta]:
+    text: str
+    last: GenerationDelta
+    logprobs: tuple[TokenLogprob, ...]
+
+
+async def collect(raw: Request, choices: Choices) -> list[Collected]:
+    """Each choice, whole, in choice order."""
+
+    async def consume(generation: Generation) -> Collected:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         last = generation.first
         deltas = generation.deltas()
         try:
             async for delta in deltas:
                 parts.append(delta.text)
+                logprobs.extend(delta.logprobs)
                 last = delta
         finally:
             await close_quietly(deltas)
-        return "".join(parts), last
+        return Collected("".join(parts), last, tuple(logprobs))
 
-    async def consume_all() -> list[tuple[str, GenerationDelta]]:
+    async def consume_all() -> list[Collected]:
         return list(await asyncio.gather(*(consume(g) for g in choices.generations)))
 
     try:
@@ -252,7 +265,7 @@ async def respond(
     choices: Choices,
     fields: SamplingFields,
     events: Callable[[Choices, bool], AsyncIterator[bytes]],
-    response: Callable[[Choices, list[tuple[str, GenerationDelta]]], BaseModel],
+    response: Callable[[Choices, list[Collected]], BaseModel],
 ) -> Response:
     """Stream the choices' `events`, or collect them into `response(choices, results)`."""
     headers = {"X-Request-Id": choices.response_id}

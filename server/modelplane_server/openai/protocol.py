@@ -3,7 +3,7 @@
 
 Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
 `store`), but reject with a 400 naming the parameter every field they know and cannot honour
-(`logprobs`, `best_of`, tools). The request models own their conversion to engine values
+(`best_of`, `suffix`, tools). The request models own their conversion to engine values
 (`sampling_params`, `template_messages`), so the serving code never re-reads raw request fields.
 Our own endpoint (`/v1/similarity`) forbids unknown fields.
 """
@@ -30,6 +30,7 @@ from modelplane_server.http.errors import invalid
 
 MAX_STOP_SEQUENCES = 16
 MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_REPETITION_PENALTY = 10.0
 MAX_EMBEDDING_INPUTS = 2048
@@ -129,6 +130,11 @@ class SamplingFields(OpenAIRequest):
         """The field a too-large `requested_max_tokens` came from, for the 400's `param`."""
         return "max_tokens"
 
+    @property
+    def requested_logprobs(self) -> int | None:
+        """How many top logprobs each token reports (0: only its own); None: no logprobs."""
+        return None
+
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -153,6 +159,7 @@ class SamplingFields(OpenAIRequest):
             frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=self.repetition_penalty or 1.0,
             logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
+            logprobs=self.requested_logprobs,
         )
 
 
@@ -168,10 +175,12 @@ class CompletionRequest(SamplingFields):
     max_tokens: StrictInt | None = Field(16, ge=1, le=INT32_MAX)
     echo: StrictBool = Field(False, description="prefix the completion with the text prompt")
     best_of: StrictInt | None = Field(None, ge=1, le=128, description="only 1")
-    logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
+    logprobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="each token's logprob and this many top ones"
+    )
     suffix: StrictStr | None = Field(None, description="not supported")
 
-    @field_validator("suffix", "logprobs")
+    @field_validator("suffix")
     @classmethod
     def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
@@ -188,6 +197,10 @@ class CompletionRequest(SamplingFields):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
 
     def prompt_input(self) -> str | list[int]:
         """The one prompt, as text or token ids, or an `ApiError` naming `prompt` for what we
@@ -245,15 +258,17 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: StrictInt | None = Field(
         None, ge=1, le=INT32_MAX, description="OpenAI's newer name for max_tokens; wins if both"
     )
-    logprobs: StrictBool | None = Field(None, description="not supported")
-    top_logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
+    logprobs: StrictBool | None = Field(None, description="each output token's logprob")
+    top_logprobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: this many top alternatives"
+    )
     tools: list[dict[str, Any]] | None = Field(None, description="not supported")
     tool_choice: Any = Field(None, description="only 'none'")
     functions: list[dict[str, Any]] | None = Field(None, description="not supported")
     function_call: Any = Field(None, description="not supported")
     response_format: dict[str, Any] | None = Field(None, description="only {'type': 'text'}")
 
-    @field_validator("logprobs", "top_logprobs", "tools", "functions")
+    @field_validator("tools", "functions")
     @classmethod
     def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
@@ -283,6 +298,17 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def max_tokens_field(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    @property
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs=true")
+        return top
 
     def template_messages(self) -> list[dict[str, str]]:
         # `developer` is OpenAI's new name for `system`; chat templates only know the old one.
@@ -352,10 +378,19 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -375,10 +410,24 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -407,7 +456,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -185,3 +185,54 @@ def test_n_streamed_chat_choices_arrive_by_index(client: openai.OpenAI) -> None:
     assert finishes == ["length", "length"]
     assert usage is not None
     assert usage.completion_tokens == 10
+
+
+def test_chat_logprobs_report_each_token_and_its_top_alternatives(client: openai.OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Name a city"}]
+    chat = client.chat.completions.create(
+        messages=messages, max_tokens=4, logprobs=True, top_logprobs=3, extra_body=NO_EOS, **GREEDY
+    )
+    choice = chat.choices[0]
+    assert choice.logprobs is not None
+    entries = choice.logprobs.content or []
+    assert len(entries) == 4
+    assert "".join(entry.token for entry in entries) == choice.message.content
+    for entry in entries:
+        assert entry.logprob <= 0
+        assert len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        assert entry.bytes == list(entry.token.encode())
+    stream = client.chat.completions.create(
+        messages=messages,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+        extra_body=NO_EOS,
+        **GREEDY,
+    )
+    streamed = [
+        entry.token
+        for chunk in stream
+        for part in chunk.choices
+        if part.logprobs is not None
+        for entry in part.logprobs.content or []
+    ]
+    assert streamed == [entry.token for entry in entries]
+
+
+def test_completion_logprobs_use_the_legacy_parallel_lists(client: openai.OpenAI) -> None:
+    completion = complete(client, "Hello", max_tokens=5, logprobs=2)
+    choice = completion.choices[0]
+    assert choice.logprobs is not None
+    tokens = choice.logprobs.tokens or []
+    assert len(tokens) == 5
+    assert "".join(tokens) == choice.text
+    assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs or [])
+    assert all(value <= 0 for value in choice.logprobs.token_logprobs or [])
+    offsets = choice.logprobs.text_offset or []
+    assert offsets == [sum(len(token) for token in tokens[:i]) for i in range(5)]
+    echoed = complete(client, "Hello", max_tokens=5, logprobs=0, echo=True).choices[0]
+    assert echoed.logprobs is not None
+    assert (echoed.logprobs.text_offset or [0])[0] == len("Hello")

@@ -12,7 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from modelplane_server.engine.contract import RequestStats, SamplingParams, StepStats
+from modelplane_server.engine.contract import (
+    RequestStats,
+    SampledLogprob,
+    SamplingParams,
+    StepStats,
+)
 
 
 def default_token(prompt: Sequence[int], index: int) -> int:
@@ -82,6 +87,9 @@ class FakeRunner:
         if len(self.decodes) in self.fail_decode_at:
             raise RuntimeError("injected decode failure (think: CUDA out of memory)")
         return list(self._order), [self._next(seq_id) for seq_id in self._order]
+
+    def take_logprobs(self) -> dict[int, SampledLogprob]:
+        return {}
 
     def release(self, seq_ids: Sequence[int]) -> None:
         leaving = set(seq_ids)

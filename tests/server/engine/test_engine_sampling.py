@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from modelplane_server.engine.contract import SamplingParams
@@ -117,3 +118,20 @@ def test_the_repetition_penalty_covers_the_prompt_and_scales_by_sign() -> None:
     state = processed_state(SamplingParams(temperature=0.0, repetition_penalty=2.0), prompt=(0,))
     # Negative logits are multiplied: -1.0 * 2 = -2.0 < -1.5.
     assert int(state.sample(negative, 0)[0]) == 1
+
+
+def test_logprobs_are_of_the_processed_logits_with_the_top_alternatives() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    state = processed_state(
+        SamplingParams(temperature=0.0, logprobs=2, logit_bias=((3, 4.0),)), prompt=(0,)
+    )
+    token = int(state.sample(logits.clone(), 0)[0])
+    processor = state.processors[0]
+    assert processor is not None
+    sampled = processor.sampled
+    assert sampled is not None
+    expected = torch.tensor([2.0, 1.0, 0.0, 3.0]).log_softmax(dim=-1)  # after the bias
+    assert token == 3
+    assert sampled.logprob == pytest.approx(float(expected[3]))
+    assert [index for index, _ in sampled.top] == [3, 0]
+    assert sampled.top[1][1] == pytest.approx(float(expected[0]))
