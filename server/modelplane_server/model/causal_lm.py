@@ -91,12 +91,6 @@ class CausalLMRunner:
     def running_ids(self) -> list[int]:
         return list(self.kv_cache.row_seq)
 
-    @property
-    def cached_columns(self) -> int:
-        """Width of the live KV window (longest sequence plus left padding)."""
-        window = self.kv_cache.window
-        return window.end - window.start
-
     @torch.inference_mode()
     def prefill(
         self,
