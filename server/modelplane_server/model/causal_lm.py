@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from modelplane_server.engine.contract import SampledLogprob, SamplingParams
 from modelplane_server.model.kv_cache import SlotKVCache
@@ -42,6 +42,14 @@ def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
             groups.append([index])
             real = length
     return groups
+
+
+def _copy_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Make row i of every layer of `cache` a copy of its row `rows[i]`."""
+    for layer in cache.layers:
+        if isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None:
+            layer.keys = layer.keys.index_select(0, rows)
+            layer.values = layer.values.index_select(0, rows)
 
 
 def check_supported(config: Any) -> None:
@@ -166,11 +174,15 @@ class CausalLMRunner:
     ) -> list[int]:
         lengths = [len(prompt) for prompt in prompts]
         width = max(lengths)
-        input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - lengths[row] :] = torch.tensor(prompt, dtype=torch.long)
-            attention[row, width - lengths[row] :] = 1
+        # A prompt sent more than once (the choices of an `n > 1` request) is prefilled once; its
+        # rows of the prefill cache, logits and mask are then copied for each sequence.
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
+        input_ids = torch.zeros((len(distinct), width), dtype=torch.long)
+        attention = torch.zeros((len(distinct), width), dtype=torch.long)
+        for row, prompt in enumerate(distinct):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
         input_ids = input_ids.to(self._device)
         attention = attention.to(self._device)
         # The same positions generate() gives a left-padded batch: real tokens count from 0.
@@ -186,6 +198,10 @@ class CausalLMRunner:
             **extra,
         )
         logits = output.logits[:, -1, :]
+        if len(distinct) < len(prompts):
+            rows = torch.tensor(source, device=self._device)
+            logits, attention = logits.index_select(0, rows), attention.index_select(0, rows)
+            _copy_rows(prefill_cache, rows)
         first_row = self.kv_cache.merge(
             seq_ids=seq_ids,
             params=params,

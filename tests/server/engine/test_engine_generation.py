@@ -182,6 +182,35 @@ async def test_seeded_sampling_is_reproducible_inside_a_mixed_batch(tiny_llama_d
     assert results[0] != results[3]
 
 
+def test_a_prompt_sent_several_times_is_prefilled_once(tiny_llama_dir: Path) -> None:
+    """The choices of an n > 1 request share one prefill row; each still decodes exactly."""
+    engine = load(str(tiny_llama_dir), max_batch_size=8)
+    runner = engine._runner  # type: ignore[attr-defined]
+    model = runner._model
+    prefill_rows: list[int] = []
+    forward = model.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_rows.append(int(kwargs["input_ids"].shape[0]))
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    shared, other = [5, 17, 300, 42], [9, 8, 7, 6]
+    greedy = SamplingParams(temperature=0.0)
+    first = runner.prefill([0, 1, 2, 3], [shared, shared, other, shared], [greedy] * 4)
+    generated = {seq_id: [token] for seq_id, token in enumerate(first)}
+    for _ in range(5):
+        seq_ids, tokens = runner.decode()
+        for seq_id, token in zip(seq_ids, tokens, strict=True):
+            generated[seq_id].append(token)
+    model.forward = forward
+    assert prefill_rows == [2]
+    expected = reference(model, shared, 6)
+    assert [generated[seq_id] for seq_id in (0, 1, 3)] == [expected] * 3
+    assert generated[2] == reference(model, other, 6)
+
+
 async def test_stop_strings_max_tokens_and_stop_ids(tiny_llama_dir: Path) -> None:
     engine = load(str(tiny_llama_dir))
     await engine.start()
