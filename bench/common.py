@@ -111,7 +111,7 @@ def smollm2_tokenizer_dir() -> Path:
     """SmolLM2's tokenizer converted from the GGUF once (the conversion takes ~10 s)."""
     from transformers import AutoTokenizer
 
-    from modelplane_server.loading import embedded_generation_model
+    from modelplane_server.model.loading import embedded_generation_model
 
     directory = CACHE / "smollm2-tokenizer"
     if not (directory / "tokenizer_config.json").exists():
@@ -160,7 +160,7 @@ def smollm2_dir() -> Path:
     benchmark (and every server) loads the very same weights quickly."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelplane_server.loading import embedded_generation_model
+    from modelplane_server.model.loading import embedded_generation_model
 
     directory = CACHE / "smollm2-135m"
     if (directory / "config.json").exists():
@@ -217,7 +217,7 @@ def prompt_token_ids(
     tokenizer: Any, vocab_size: int, count: int, low: int, high: int
 ) -> list[list[int]]:
     """`count` seeded synthetic prompts, `low..high` tokens each, as token ids < vocab_size."""
-    from modelplane_server.loadtest import synthetic_prompts
+    from modelplane_server.loadtest.workload import synthetic_prompts
 
     rng = random.Random(SEED)
     text = " ".join(prompt.text for prompt in synthetic_prompts(64, (200, 200), SEED))

@@ -25,7 +25,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # bench/ is a directory of scripts, not a package
-from modelplane_server import loadtest
+from modelplane_server.loadtest.client import Target, first_model
+from modelplane_server.loadtest.command import plot_sweeps
+from modelplane_server.loadtest.run import Load, run_load
+from modelplane_server.loadtest.workload import MaxTokens, synthetic_prompts
 from serving import free_port, histogram, server
 
 NAIVE = "naive (one forward per request)"
@@ -62,7 +65,7 @@ def model_speedup(directory: Path, texts: list[str], threads: int) -> dict[str, 
 
 
 def main() -> int:  # one linear script
-    from modelplane_server.loading import embedded_embedding_model
+    from modelplane_server.model.loading import embedded_embedding_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="1,8,32")
@@ -72,7 +75,7 @@ def main() -> int:  # one linear script
     arguments = parser.parse_args()
     started = time.perf_counter()
     directory = embedded_embedding_model()
-    texts = [p.text for p in loadtest.synthetic_prompts(32, (8, 16), common.SEED)]
+    texts = [p.text for p in synthetic_prompts(32, (8, 16), common.SEED)]
     common.log("in-process: 32 single forwards vs one forward of 32")
     model = model_speedup(directory, texts, arguments.threads)
     common.log(f"model speed-up {model['speedup']:.2f}x")
@@ -92,23 +95,23 @@ def main() -> int:  # one linear script
         NAIVE: {"label": NAIVE, "varied": "concurrency", "runs": []},
         OURS: {"label": OURS, "varied": "concurrency", "runs": []},
     }
-    prompts = loadtest.synthetic_prompts(arguments.requests, (8, 16), common.SEED)
+    prompts = synthetic_prompts(arguments.requests, (8, 16), common.SEED)
     with (
         server(naive_command, naive_url, "/v1/models", arguments.threads),
         server(ours_command, ours_url, "/health/ready", arguments.threads),
     ):
         targets = {}
         for label, url in ((NAIVE, naive_url), (OURS, ours_url)):
-            model_id = asyncio.run(loadtest.first_model(url, {}))
+            model_id = asyncio.run(first_model(url, {}))
             if label == OURS:
                 model_id = "all-MiniLM-L6-v2"
-            targets[label] = loadtest.Target(url, "embeddings", model_id, stream=False)
+            targets[label] = Target(url, "embeddings", model_id, stream=False)
             asyncio.run(  # warm-up
-                loadtest.run_load(
+                run_load(
                     targets[label],
                     prompts,
-                    loadtest.MaxTokens.parse("1"),
-                    loadtest.Load(8),
+                    MaxTokens.parse("1"),
+                    Load(8),
                     num_requests=16,
                     max_duration_s=60,
                 )
@@ -119,11 +122,11 @@ def main() -> int:  # one linear script
                 batch_metric = "modelplane_embedding_batch_size"
                 before = histogram(ours_url, batch_metric) if label == OURS else None
                 run = asyncio.run(
-                    loadtest.run_load(
+                    run_load(
                         target,
                         prompts,
-                        loadtest.MaxTokens.parse("1"),
-                        loadtest.Load(concurrency),
+                        MaxTokens.parse("1"),
+                        Load(concurrency),
                         num_requests=arguments.requests,
                         max_duration_s=240,
                         progress=sys.stderr,
@@ -165,7 +168,7 @@ def main() -> int:  # one linear script
     }
     data["duration_s"] = time.perf_counter() - started
     path = common.write_result(arguments.output, data)
-    loadtest.plot_sweeps(
+    plot_sweeps(
         list(results.values()),
         path.with_suffix(".png"),
         "Embeddings: sequential vs dynamic batching",

@@ -257,10 +257,10 @@ class Modelplane:
     def __init__(self, m: common.LoadedModel, max_batch_size: int = 32) -> None:
         import torch
 
-        from modelplane_server.detokenize import TextCodec
-        from modelplane_server.engine import ContinuousBatchingEngine
-        from modelplane_server.runner import CausalLMRunner
-        from modelplane_server.types import GenerationConfig
+        from modelplane_server.engine.contract import GenerationConfig
+        from modelplane_server.engine.detokenize import TextCodec
+        from modelplane_server.engine.generation import ContinuousBatchingEngine
+        from modelplane_server.model.causal_lm import CausalLMRunner
 
         self.recorder = StepRecorder()
         context_length = int(m.model.config.max_position_embeddings)
@@ -275,7 +275,7 @@ class Modelplane:
         )
 
     async def run(self, prompts: list[list[int]], lengths: list[int]) -> Run:
-        from modelplane_server.types import GenerationRequest, SamplingParams
+        from modelplane_server.engine.contract import GenerationRequest, SamplingParams
 
         async def one(index: int, prompt: list[int], length: int) -> list[int]:
             params = SamplingParams(max_tokens=length, temperature=0.0, ignore_eos=True)

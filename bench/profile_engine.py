@@ -43,7 +43,7 @@ def main() -> int:
     lengths = common.capped_exponential(64, 32, 128)[:32]
     modelplane = engine_bench.Modelplane(m)
     step_profile = cProfile.Profile()
-    original: Any = modelplane.engine._iterate
+    original: Any = modelplane.engine._steps.iterate  # the step thread calls it each step
 
     def profiled() -> bool:
         step_profile.enable()
@@ -52,7 +52,7 @@ def main() -> int:
         finally:
             step_profile.disable()
 
-    modelplane.engine._iterate = profiled  # type: ignore[method-assign]
+    modelplane.engine._steps.iterate = profiled  # type: ignore[method-assign]
     loop_profile = cProfile.Profile()
 
     async def run() -> tuple[float, dict[str, Any]]:

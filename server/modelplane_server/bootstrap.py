@@ -1,15 +1,15 @@
 """Builds the real engines from the settings; the only route from the HTTP side to torch.
 
-It imports `modelplane_server.loading` (torch, transformers) inside the function, so importing the
-app, the CLI or the settings stays light. It runs on the app's loading thread.
+It imports `modelplane_server.model.loading` (torch, transformers) inside the function, so
+importing the app, the CLI or the settings stays light. It runs on the app's loading thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from modelplane_server.engine.contract import EmbeddingEngine, EngineObserver, GenerationEngine
 from modelplane_server.settings import ServerSettings
-from modelplane_server.types import EmbeddingEngine, EngineObserver, GenerationEngine
 
 
 def load_engines(
@@ -17,8 +17,8 @@ def load_engines(
 ) -> tuple[GenerationEngine, EmbeddingEngine | None]:
     """Set torch's thread count, load and warm up the generation engine, then the embedding
     engine unless disabled."""
-    from modelplane_server.cpus import torch_threads
-    from modelplane_server.loading import (
+    from modelplane_server.model.cpus import torch_threads
+    from modelplane_server.model.loading import (
         load_embedding_engine,
         load_generation_engine,
         set_torch_threads,

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "serve the OpenAI-compatible API (default)",
     ),
     "bench": (
-        "modelplane_server.loadtest",
+        "modelplane_server.loadtest.command",
         "bench_command",
         "load-test an OpenAI-compatible endpoint (imports no torch)",
     ),
@@ -91,7 +91,7 @@ def parse_settings(argv: Sequence[str]) -> ServerSettings:
 
 def serve_command(argv: Sequence[str]) -> int:
     settings = parse_settings(argv)
-    from modelplane_server.serve import run
+    from modelplane_server.http.server import run
 
     return run(settings)
 

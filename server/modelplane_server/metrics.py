@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelplane_server.types import EngineStats, RequestStats, StepStats
+from modelplane_server.engine.contract import EngineStats, RequestStats, StepStats
 
 PREFIX = "modelplane"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

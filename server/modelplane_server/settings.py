@@ -12,7 +12,16 @@ from typing import Literal
 from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelplane_server.types import EmbeddingConfig, GenerationConfig
+from modelplane_server.engine.contract import (
+    DEFAULT_EMBEDDING_MAX_BATCH_SIZE,
+    DEFAULT_EMBEDDING_MAX_WAIT_MS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_TOKENS,
+    EmbeddingConfig,
+    GenerationConfig,
+)
 
 EMBEDDINGS_DISABLED = "none"
 
@@ -51,24 +60,32 @@ class ServerSettings(BaseSettings):
         description="torch intra-op threads; 0 = OMP_NUM_THREADS if set, else the container's "
         "CPU limit (cgroup quota) or the usable CPUs, whichever is smaller",
     )
-    max_batch_size: int = Field(32, ge=1, description="most sequences in one generation step")
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH_SIZE, ge=1, description="most sequences in one generation step"
+    )
     max_batch_tokens: int = Field(
-        4096, ge=1, description="token budget of one step (prefill + decode)"
+        DEFAULT_MAX_BATCH_TOKENS, ge=1, description="token budget of one step (prefill + decode)"
     )
     max_wait_ms: float = Field(
-        5.0,
+        DEFAULT_EMBEDDING_MAX_WAIT_MS,
         ge=0,
         description="embedding batcher: longest a request waits for a batch to fill while the "
         "batcher is busy (an idle batcher runs a lone request at once)",
     )
     embedding_max_batch_size: int = Field(
-        32, ge=1, description="embedding batcher: most texts in one forward"
+        DEFAULT_EMBEDDING_MAX_BATCH_SIZE,
+        ge=1,
+        description="embedding batcher: most texts in one forward",
     )
     max_queue: int = Field(
-        256, ge=1, description="most requests waiting; beyond it: 429 with Retry-After"
+        DEFAULT_MAX_QUEUE,
+        ge=1,
+        description="most requests waiting; beyond it: 429 with Retry-After",
     )
     max_queue_tokens: int = Field(
-        262_144, ge=1, description="most prompt tokens waiting; beyond it: 429 with Retry-After"
+        DEFAULT_MAX_QUEUE_TOKENS,
+        ge=1,
+        description="most prompt tokens waiting; beyond it: 429 with Retry-After",
     )
     queue_timeout_s: float = Field(
         60.0, gt=0, description="longest a request may wait for a batch slot"

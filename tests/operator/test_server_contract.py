@@ -104,7 +104,7 @@ def test_the_metrics_the_operator_reads_are_the_servers() -> None:
     from prometheus_client import generate_latest
 
     from modelplane_server import metrics as server_metrics
-    from modelplane_server.types import EngineStats
+    from modelplane_server.engine.contract import EngineStats
 
     registry = server_metrics.Metrics()
     registry.stats_source = lambda: EngineStats(
@@ -136,3 +136,30 @@ def test_the_metrics_the_operator_reads_are_the_servers() -> None:
         server_contract.KV_CACHE_USAGE_METRIC,
     ):
         assert f"`{metric}`" in CONTRACT
+
+
+def test_the_operators_default_limits_are_the_servers() -> None:
+    """Both sides: what the operator renders when a spec leaves a limit out (the CRD's defaults and
+    `ServerArgs`') is the server's own default, so leaving it out and setting it agree."""
+    from modelplane_operator.models import ServerConfig
+    from modelplane_server.settings import ServerSettings
+
+    server = {name: field.default for name, field in ServerSettings.model_fields.items()}
+    operator = {
+        "max_batch_size": server_contract.DEFAULT_MAX_BATCH_SIZE,
+        "max_batch_tokens": server_contract.DEFAULT_MAX_BATCH_TOKENS,
+        "max_wait_ms": server_contract.DEFAULT_MAX_WAIT_MS,
+        "max_queue": server_contract.DEFAULT_MAX_QUEUE,
+        "drain_timeout_s": server_contract.DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    }
+    assert operator == {name: server[name] for name in operator}
+    crd = ServerConfig()
+    args = server_contract.ServerArgs(model="/m", served_model_name="m")
+    for spec in (crd, args):
+        assert (
+            spec.max_batch_size,
+            spec.max_batch_tokens,
+            spec.max_wait_ms,
+            spec.max_queue,
+            spec.drain_timeout_seconds,
+        ) == tuple(operator.values())

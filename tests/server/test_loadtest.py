@@ -22,17 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from modelplane_server import cli, loadtest
-from modelplane_server.loadtest import (
-    Load,
-    MaxTokens,
-    RequestResult,
-    Slo,
-    Target,
-    distribution,
-    percentile,
-    summarize,
-)
+from modelplane_server import cli
+from modelplane_server.loadtest.client import RequestResult, Target
+from modelplane_server.loadtest.command import sweep_loads
+from modelplane_server.loadtest.run import Load, run_load
+from modelplane_server.loadtest.statistics import Slo, distribution, percentile, summarize
+from modelplane_server.loadtest.workload import MaxTokens, Prompt, load_prompts, synthetic_prompts
 
 # --- a fake OpenAI-compatible server ------------------------------------------------------------
 
@@ -203,14 +198,14 @@ def test_max_tokens_distributions() -> None:
 
 
 def test_sweeps_vary_one_knob() -> None:
-    assert loadtest.sweep_loads("1,8,32", "inf") == (
+    assert sweep_loads("1,8,32", "inf") == (
         "concurrency",
         [Load(1), Load(8), Load(32)],
     )
-    assert loadtest.sweep_loads("4", "0.5,2") == ("rate", [Load(4, 0.5), Load(4, 2.0)])
-    assert loadtest.sweep_loads("", "inf") == ("concurrency", [Load(None)])
+    assert sweep_loads("4", "0.5,2") == ("rate", [Load(4, 0.5), Load(4, 2.0)])
+    assert sweep_loads("", "inf") == ("concurrency", [Load(None)])
     with pytest.raises(ValueError, match="not both"):
-        loadtest.sweep_loads("1,2", "1,2")
+        sweep_loads("1,2", "1,2")
 
 
 def test_jsonl_prompts(tmp_path: Path) -> None:
@@ -219,26 +214,26 @@ def test_jsonl_prompts(tmp_path: Path) -> None:
         '"plain"\n{"prompt": "with limit", "max_tokens": 3}\n\n'
         '{"messages": [{"role": "user", "content": "hi there"}]}\n'
     )
-    prompts = loadtest.load_prompts(path)
+    prompts = load_prompts(path)
     assert [p.text for p in prompts] == ["plain", "with limit", "hi there"]
     assert prompts[1].max_tokens == 3
     assert prompts[2].messages == ({"role": "user", "content": "hi there"},)
     path.write_text("{}\n")
     with pytest.raises(ValueError, match=":1:"):
-        loadtest.load_prompts(path)
+        load_prompts(path)
 
 
 # --- runs against the fake server ---------------------------------------------------------------
 
 
-def _prompts(count: int) -> list[loadtest.Prompt]:
-    return loadtest.synthetic_prompts(count, (3, 3), seed=1)
+def _prompts(count: int) -> list[Prompt]:
+    return synthetic_prompts(count, (3, 3), seed=1)
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
 async def test_streaming_run_measures_every_request(fake_url: str, endpoint: str) -> None:
     target = Target(fake_url, endpoint, "fake-model", stream=True)  # type: ignore[arg-type]
-    summary = await loadtest.run_load(
+    summary = await run_load(
         target, _prompts(12), MaxTokens.parse("5"), Load(4), num_requests=12, max_duration_s=60
     )
     assert (summary["completed"], summary["failed"]) == (12, 0)
@@ -257,8 +252,8 @@ async def test_a_ramped_closed_loop_starts_its_workers_over_the_ramp(fake_url: s
     the same requests without a ramp finish far sooner (the fake answers in a few ms)."""
     target = Target(fake_url, "completions", "fake-model", stream=True)
     common = {"num_requests": 4, "max_duration_s": 60}
-    burst = await loadtest.run_load(target, _prompts(4), MaxTokens.parse("2"), Load(4), **common)
-    ramped = await loadtest.run_load(
+    burst = await run_load(target, _prompts(4), MaxTokens.parse("2"), Load(4), **common)
+    ramped = await run_load(
         target, _prompts(4), MaxTokens.parse("2"), Load(4, ramp_up_s=0.8), **common
     )
     assert (burst["completed"], ramped["completed"]) == (4, 4)
@@ -269,7 +264,7 @@ async def test_a_ramped_closed_loop_starts_its_workers_over_the_ramp(fake_url: s
 
 async def test_non_streaming_poisson_run(fake_url: str) -> None:
     target = Target(fake_url, "completions", "fake-model", stream=False)
-    summary = await loadtest.run_load(
+    summary = await run_load(
         target,
         _prompts(10),
         MaxTokens.parse("2:6"),
@@ -286,8 +281,8 @@ async def test_non_streaming_poisson_run(fake_url: str) -> None:
 
 async def test_errors_are_counted_by_status(fake_url: str) -> None:
     target = Target(fake_url, "completions", "fake-model", stream=True)
-    prompts = [loadtest.Prompt("please reject me"), loadtest.Prompt("fine")]
-    summary = await loadtest.run_load(
+    prompts = [Prompt("please reject me"), Prompt("fine")]
+    summary = await run_load(
         target, prompts, MaxTokens.parse("3"), Load(2), num_requests=6, max_duration_s=60
     )
     assert summary["completed"] == 3
@@ -296,7 +291,7 @@ async def test_errors_are_counted_by_status(fake_url: str) -> None:
 
 async def test_unreachable_server_is_an_error_not_a_crash() -> None:
     target = Target("http://127.0.0.1:9", "completions", "m", stream=True, timeout_s=5)
-    summary = await loadtest.run_load(
+    summary = await run_load(
         target, _prompts(2), MaxTokens.parse("2"), Load(1), num_requests=2, max_duration_s=30
     )
     assert summary["completed"] == 0
@@ -305,7 +300,7 @@ async def test_unreachable_server_is_an_error_not_a_crash() -> None:
 
 async def test_the_time_cap_cuts_a_run_short(fake_url: str) -> None:
     target = Target(fake_url, "completions", "fake-model", stream=True)
-    summary = await loadtest.run_load(
+    summary = await run_load(
         target, _prompts(4), MaxTokens.parse("2000"), Load(2), num_requests=4, max_duration_s=0.3
     )
     assert summary["completed"] == 0
@@ -314,7 +309,7 @@ async def test_the_time_cap_cuts_a_run_short(fake_url: str) -> None:
 
 async def test_embeddings_run(fake_url: str) -> None:
     target = Target(fake_url, "embeddings", "fake-model", stream=False)
-    summary = await loadtest.run_load(
+    summary = await run_load(
         target, _prompts(8), MaxTokens.parse("1"), Load(8), num_requests=8, max_duration_s=60
     )
     assert summary["completed"] == 8
@@ -363,7 +358,7 @@ def test_bench_imports_no_torch() -> None:
         "from modelplane_server import cli\n"
         "try:\n    cli.main(['bench', '--help'])\n"
         "except SystemExit:\n    pass\n"
-        "import modelplane_server.loadtest\n"
+        "import modelplane_server.loadtest.command\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )
     completed = subprocess.run(

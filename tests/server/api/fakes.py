@@ -1,4 +1,4 @@
-"""Fake engines implementing the `types.py` protocols, for fast, deterministic HTTP-layer tests.
+"""Fake engines implementing the engine contract's protocols, for fast, deterministic HTTP tests.
 
 `FakeGenerationEngine` runs a real (tiny) continuous-batching loop on the event loop: a bounded
 waiting queue, `max_batch_size` running slots, one token per running sequence per step, deadlines,
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     EngineObserver,
     EngineStats,
     FinishReason,

@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from modelplane_server.app import ServerState, create_app
+from modelplane_server.engine.contract import EngineObserver
+from modelplane_server.http.app import create_app
+from modelplane_server.http.lifecycle import ServerState
 from modelplane_server.settings import ServerSettings
-from modelplane_server.types import EngineObserver
 
 from .fakes import FakeEmbeddingEngine, FakeGenerationEngine
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from modelplane_server import cli
+from modelplane_server.engine.contract import EmbeddingConfig, GenerationConfig
 from modelplane_server.settings import ServerSettings
-from modelplane_server.types import EmbeddingConfig, GenerationConfig
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 CONTRACT = (DOCS / "server-contract.md").read_text(encoding="utf-8")
@@ -139,7 +139,8 @@ def test_help_lists_flags_and_commands(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_the_cli_and_app_import_no_torch() -> None:
     code = (
-        "import sys, modelplane_server.cli, modelplane_server.app, modelplane_server.serve; "
+        "import sys, modelplane_server.cli, modelplane_server.http.app, "
+        "modelplane_server.http.server; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

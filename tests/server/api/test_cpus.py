@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelplane_server.cpus import cgroup_cpu_limit, torch_threads
+from modelplane_server.model.cpus import cgroup_cpu_limit, torch_threads
 
 
 def cgroup_v2(tmp_path: Path, cpu_max: str) -> Path:

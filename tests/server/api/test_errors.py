@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from modelplane_server.app import MAX_BODY_BYTES
+from modelplane_server.http.middleware import MAX_BODY_BYTES
 
 from .fakes import FakeGenerationEngine
 from .helpers import assert_openai_error, serve
@@ -31,24 +31,29 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str | None]] = [
     (COMPLETIONS, {"prompt": ""}, 400, "prompt"),
     (COMPLETIONS, {"prompt": []}, 400, "prompt"),
     (COMPLETIONS, {"prompt": ["a", "b"]}, 400, "prompt"),
-    (COMPLETIONS, {"prompt": [1, 2, 3]}, 400, "prompt"),
+    (COMPLETIONS, {"prompt": [[1, 2], [3]]}, 400, "prompt"),
+    (COMPLETIONS, {"prompt": [[]]}, 400, "prompt"),
     (COMPLETIONS, {"prompt": 42}, 400, "prompt"),
     (COMPLETIONS, {"max_tokens": 3}, 400, "prompt"),
     (COMPLETIONS, {"prompt": "x", "model": "gpt-4"}, 404, "model"),
     (COMPLETIONS, {"prompt": "x", "model": "fake-embed"}, 404, "model"),
     (COMPLETIONS, {"prompt": "x", "model": 7}, 400, "model"),
-    (COMPLETIONS, {"prompt": "x", "n": 2}, 400, "n"),
+    (COMPLETIONS, {"prompt": "x", "n": 17}, 400, "n"),
     (COMPLETIONS, {"prompt": "x", "best_of": 3}, 400, "best_of"),
-    (COMPLETIONS, {"prompt": "x", "logprobs": 1}, 400, "logprobs"),
-    (COMPLETIONS, {"prompt": "x", "echo": True}, 400, "echo"),
+    (COMPLETIONS, {"prompt": "x", "logprobs": 21}, 400, "logprobs"),
+    (COMPLETIONS, {"prompt": [1, 2], "echo": True}, 400, "echo"),
     (COMPLETIONS, {"prompt": "x", "suffix": "end"}, 400, "suffix"),
     (COMPLETIONS, {"prompt": "x", "temperature": 3}, 400, "temperature"),
     (COMPLETIONS, {"prompt": "x", "top_p": 0}, 400, "top_p"),
     (COMPLETIONS, {"prompt": "x", "stream": "yes"}, 400, "stream"),
     (COMPLETIONS, {"prompt": "x", "stop": [""]}, 400, "stop"),
     (COMPLETIONS, {"prompt": "x", "stop": ["s"] * 17}, 400, "stop"),
-    (COMPLETIONS, {"prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
-    (COMPLETIONS, {"prompt": "x", "logit_bias": {"5": 1}}, 400, "logit_bias"),
+    (COMPLETIONS, {"prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    (COMPLETIONS, {"prompt": "x", "frequency_penalty": -3}, 400, "frequency_penalty"),
+    (COMPLETIONS, {"prompt": "x", "repetition_penalty": 0}, 400, "repetition_penalty"),
+    (COMPLETIONS, {"prompt": "x", "logit_bias": {"a": 1}}, 400, "logit_bias"),
+    (COMPLETIONS, {"prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias.5"),
+    (COMPLETIONS, {"prompt": "x", "min_tokens": -1}, 400, "min_tokens"),
     (COMPLETIONS, {"prompt": "x", "priority": "high"}, 400, "priority"),
     (COMPLETIONS, ["not", "an", "object"], 400, None),
     (CHAT, {"messages": []}, 400, "messages"),
@@ -65,8 +70,8 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str | None]] = [
         400,
         "messages[0].content",
     ),
-    (CHAT, {"messages": USER, "n": 3}, 400, "n"),
-    (CHAT, {"messages": USER, "logprobs": True}, 400, "logprobs"),
+    (CHAT, {"messages": USER, "n": 0}, 400, "n"),
+    (CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     (CHAT, {"messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
     (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools"),
     (CHAT, {"messages": USER, "tool_choice": "auto"}, 400, "tool_choice"),

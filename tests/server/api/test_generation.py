@@ -191,6 +191,32 @@ async def test_streaming_completion_chunks() -> None:
     assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
 
 
+async def test_n_choices_are_submitted_together_and_answered_by_index() -> None:
+    async with serve() as served:
+        response = await served.client.post(
+            "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "n": 3, "seed": 5}
+        )
+        streamed = await served.client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": 2,
+                  "stream": True},
+        )  # fmt: skip
+    body = response.json()
+    assert [choice["index"] for choice in body["choices"]] == [0, 1, 2]
+    assert {choice["text"] for choice in body["choices"]} == {"Paris is"}
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 6, "total_tokens": 8}
+    completions = served.generation.submitted[:3]
+    assert [request.params.seed for request in completions] == [5, 6, 7]
+    assert [request.request_id for request in completions] == [
+        f"{body['id']}-{index}" for index in range(3)
+    ]
+    texts = ["", ""]
+    for chunk in sse_json(streamed.text):
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content", "")
+    assert texts == ["Paris is", "Paris is"]
+
+
 async def test_models_lists_both_models() -> None:
     async with serve() as served:
         response = await served.client.get("/v1/models")

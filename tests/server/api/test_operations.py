@@ -294,7 +294,7 @@ def test_batch_fill_is_running_over_the_max_batch_size() -> None:
     """The autoscaling signal for batching servers (docs/server-contract.md): 1 means full."""
     from prometheus_client import generate_latest
 
-    from modelplane_server.types import EngineStats
+    from modelplane_server.engine.contract import EngineStats
 
     metrics = Metrics()
     metrics.stats_source = lambda: EngineStats(

@@ -16,9 +16,9 @@ from schemathesis.generation.case import Case
 from schemathesis.python import asgi
 from schemathesis.schemas import BaseSchema
 
-from modelplane_server.app import create_app
+from modelplane_server.engine.contract import EngineObserver
+from modelplane_server.http.app import create_app
 from modelplane_server.settings import ServerSettings
-from modelplane_server.types import EngineObserver
 
 from .fakes import FakeEmbeddingEngine, FakeGenerationEngine
 

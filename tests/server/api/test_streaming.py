@@ -10,13 +10,13 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from modelplane_server.serving import _collect, _Generation
-from modelplane_server.streaming import (
+from modelplane_server.engine.contract import GenerationDelta
+from modelplane_server.http.streaming import (
     ClientDisconnectedError,
     EventStreamResponse,
     until_disconnected,
 )
-from modelplane_server.types import GenerationDelta
+from modelplane_server.openai.generation import Choices, Generation, collect
 
 HTTP_SCOPE = {
     "type": "http",
@@ -105,10 +105,11 @@ class EngineStream:
 async def test_collecting_a_generation_whose_client_left_closes_the_engine_stream() -> None:
     finished: list[str] = []
     stream = EngineStream()
-    generation = _Generation(
+    generation = Generation(
         "cmpl-1", "m", GenerationDelta("a", (1,), 1, 1), stream, lambda: finished.append("done")
     )
+    choices = Choices("cmpl-1", "m", [generation])
     with pytest.raises(ClientDisconnectedError):
-        await asyncio.wait_for(_collect(Request(HTTP_SCOPE, receive=gone), generation), 5)
+        await asyncio.wait_for(collect(Request(HTTP_SCOPE, receive=gone), choices), 5)
     assert stream.closed
     assert finished == ["done"]

@@ -171,7 +171,7 @@ def test_bad_requests_are_openai_errors(client: openai.OpenAI) -> None:
     assert too_long.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as two:
         client.chat.completions.create(
-            model="tiny-llama", messages=[{"role": "user", "content": "x"}], n=2
+            model="tiny-llama", messages=[{"role": "user", "content": "x"}], n=17
         )
     assert two.value.param == "n"
     with pytest.raises(openai.NotFoundError):
@@ -441,7 +441,7 @@ def test_the_real_engines_report_to_the_metrics(
 
 def test_torch_threads_follow_the_cpus_not_torch_defaults(tiny_server: ServerProcess) -> None:
     """The server sizes torch's thread pool itself (cpus.torch_threads) and says so at startup."""
-    from modelplane_server.cpus import torch_threads
+    from modelplane_server.model.cpus import torch_threads
 
     expected = torch_threads(0, environ=server_environment())
     assert f"torch intra-op threads: {expected}" in tiny_server.log.read_text(errors="replace")

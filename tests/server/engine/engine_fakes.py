@@ -12,7 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from modelplane_server.types import RequestStats, SamplingParams, StepStats
+from modelplane_server.engine.contract import (
+    RequestStats,
+    SampledLogprob,
+    SamplingParams,
+    StepStats,
+)
 
 
 def default_token(prompt: Sequence[int], index: int) -> int:
@@ -83,6 +88,9 @@ class FakeRunner:
             raise RuntimeError("injected decode failure (think: CUDA out of memory)")
         return list(self._order), [self._next(seq_id) for seq_id in self._order]
 
+    def take_logprobs(self) -> dict[int, SampledLogprob]:
+        return {}
+
     def release(self, seq_ids: Sequence[int]) -> None:
         leaving = set(seq_ids)
         self.released.extend(seq_ids)
@@ -105,6 +113,10 @@ class CharacterCodec:
     @property
     def context_length(self) -> int:
         return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return 0x110000  # every code point
 
     def encode(self, text: str) -> list[int]:
         return [ord(character) for character in text]

@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from engine_fakes import CharacterCodec, FakeRunner, RecordingObserver, default_token, wait_until
 
-from modelplane_server.engine import ContinuousBatchingEngine
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     FinishReason,
     GenerationConfig,
     GenerationDelta,
@@ -27,6 +26,7 @@ from modelplane_server.types import (
     QueueFullError,
     SamplingParams,
 )
+from modelplane_server.engine.generation import ContinuousBatchingEngine
 
 EOS = ord("#")
 

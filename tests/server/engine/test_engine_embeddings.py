@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from engine_fakes import RecordingObserver, wait_until
 
-from modelplane_server.embeddings import DynamicBatchingEmbeddingEngine
-from modelplane_server.loading import load_embedding_engine
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     EmbeddingConfig,
     NotAcceptingError,
     PromptTooLongError,
     QueueFullError,
 )
+from modelplane_server.engine.embedding import DynamicBatchingEmbeddingEngine
+from modelplane_server.model.loading import load_embedding_engine
 
 
 class CountingRunner:

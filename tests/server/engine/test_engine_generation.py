@@ -19,16 +19,16 @@ import torch
 from engine_fakes import RecordingObserver, wait_until
 from transformers import AutoModelForCausalLM
 
-from modelplane_server import runner as runner_module
-from modelplane_server.engine import ContinuousBatchingEngine
-from modelplane_server.loading import load_generation_engine
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     FinishReason,
     GenerationConfig,
     GenerationDelta,
     GenerationRequest,
     SamplingParams,
 )
+from modelplane_server.engine.generation import ContinuousBatchingEngine
+from modelplane_server.model import kv_cache as kv_cache_module
+from modelplane_server.model.loading import load_generation_engine
 
 
 def load(
@@ -96,8 +96,8 @@ async def test_greedy_matches_generate_for_a_staggered_mixed_batch(
     if small_buffers:
         # Start the KV buffers at 1 row x 8 columns, so growing rows, growing columns, compacting
         # the window and shifting it right for a longer newcomer all happen many times.
-        monkeypatch.setattr(runner_module, "_INITIAL_ROWS", 1)
-        monkeypatch.setattr(runner_module, "_INITIAL_COLUMNS", 8)
+        monkeypatch.setattr(kv_cache_module, "_INITIAL_ROWS", 1)
+        monkeypatch.setattr(kv_cache_module, "_INITIAL_COLUMNS", 8)
     observer = RecordingObserver()
     engine = load(str(tiny_llama_dir), observer, max_batch_size=4)
     rng = random.Random(3)  # noqa: S311 (reproducible test data, not cryptography)
@@ -133,7 +133,7 @@ async def test_sequences_up_to_the_context_length_stay_exact_in_capped_buffers(
     await engine.stop(5)
     # The context (512) caps the long one at 212 tokens; the KV buffers stay near the context.
     assert results[0][-1].completion_tokens == 212
-    assert engine._runner.keys[0].shape[2] <= 512 + 64  # type: ignore[attr-defined]
+    assert engine._runner.kv_cache.keys[0].shape[2] <= 512 + 64  # type: ignore[attr-defined]
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     for prompt, deltas in zip(prompts, results, strict=True):
         expected = reference(model, prompt, 512 - len(prompt))
@@ -180,6 +180,35 @@ async def test_seeded_sampling_is_reproducible_inside_a_mixed_batch(tiny_llama_d
     await engine.stop(5)
     assert results[0] == results[2] == alone
     assert results[0] != results[3]
+
+
+def test_a_prompt_sent_several_times_is_prefilled_once(tiny_llama_dir: Path) -> None:
+    """The choices of an n > 1 request share one prefill row; each still decodes exactly."""
+    engine = load(str(tiny_llama_dir), max_batch_size=8)
+    runner = engine._runner  # type: ignore[attr-defined]
+    model = runner._model
+    prefill_rows: list[int] = []
+    forward = model.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_rows.append(int(kwargs["input_ids"].shape[0]))
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    shared, other = [5, 17, 300, 42], [9, 8, 7, 6]
+    greedy = SamplingParams(temperature=0.0)
+    first = runner.prefill([0, 1, 2, 3], [shared, shared, other, shared], [greedy] * 4)
+    generated = {seq_id: [token] for seq_id, token in enumerate(first)}
+    for _ in range(5):
+        seq_ids, tokens = runner.decode()
+        for seq_id, token in zip(seq_ids, tokens, strict=True):
+            generated[seq_id].append(token)
+    model.forward = forward
+    assert prefill_rows == [2]
+    expected = reference(model, shared, 6)
+    assert [generated[seq_id] for seq_id in (0, 1, 3)] == [expected] * 3
+    assert generated[2] == reference(model, other, 6)
 
 
 async def test_stop_strings_max_tokens_and_stop_ids(tiny_llama_dir: Path) -> None:

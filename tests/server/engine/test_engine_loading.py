@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelplane_server.loading import (
+from modelplane_server.engine.contract import GenerationConfig
+from modelplane_server.model.loading import (
     _pooling_mode,
     embedded_embedding_model,
     embedded_generation_model,
@@ -16,7 +17,6 @@ from modelplane_server.loading import (
     resolve_dtype,
     resolve_source,
 )
-from modelplane_server.types import GenerationConfig
 
 
 def test_embedded_models_are_found_inside_their_wheels() -> None:
@@ -90,7 +90,7 @@ def test_loading_reports_progress_and_warms_up(tiny_llama_dir: Path) -> None:
 
 @pytest.mark.gpu
 async def test_tiny_llama_on_cuda_defaults_to_bf16_and_generates(tiny_llama_dir: Path) -> None:
-    from modelplane_server.types import GenerationRequest, SamplingParams
+    from modelplane_server.engine.contract import GenerationRequest, SamplingParams
 
     engine = load_generation_engine(GenerationConfig(model=str(tiny_llama_dir)))
     assert engine._runner.device.type == "cuda"  # type: ignore[attr-defined]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from modelplane_server.sampling import SamplingState, _filter_sorted
+from modelplane_server.engine.contract import SamplingParams
+from modelplane_server.model.sampling import RowProcessor, SamplingState, _filter_sorted
 
 CPU = torch.device("cpu")
 
@@ -64,3 +66,72 @@ def test_top_k_and_top_p_keep_the_right_tokens() -> None:
     assert finite[1].tolist() == [True, True, False, False]  # 0.5 + 0.3 reaches 0.75
     sampled_share = torch.softmax(kept[1], dim=-1)
     assert math.isclose(float(sampled_share[0]), 0.5 / 0.8, rel_tol=1e-5)
+
+
+# --- logit processing: logit_bias, min_tokens and the penalties ----------------------------------
+
+
+def processed_state(
+    params: SamplingParams, prompt: tuple[int, ...] = (), stop_ids: tuple[int, ...] = ()
+) -> SamplingState:
+    state = SamplingState(1, CPU)
+    processor = RowProcessor(params, prompt, stop_ids)
+    state.set_rows(0, [0.0], [1.0], [0], [None], processors=[processor])
+    return state
+
+
+def test_logit_bias_can_force_or_ban_a_token() -> None:
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(3))
+    forced = processed_state(SamplingParams(temperature=0.0, logit_bias=((7, 100.0),)))
+    assert int(forced.sample(logits.clone(), 0)[0]) == 7
+    best = int(logits.argmax())
+    banned = processed_state(SamplingParams(temperature=0.0, logit_bias=((best, -100.0),)))
+    assert int(banned.sample(logits.clone(), 0)[0]) != best
+
+
+def test_min_tokens_holds_back_stop_ids_until_enough_tokens_are_out() -> None:
+    logits = torch.zeros(1, 10)
+    logits[0, 2] = 5.0  # the stop id would win every step
+    later = processed_state(SamplingParams(temperature=0.0, min_tokens=2), stop_ids=(2,))
+    tokens = [int(later.sample(logits.clone(), 0)[0]) for _ in range(3)]
+    assert 2 not in tokens[:2]
+    assert tokens[2] == 2
+
+
+def test_frequency_and_presence_penalties_follow_openais_definition() -> None:
+    """logit - frequency * count - presence * (count > 0), over generated tokens only."""
+    logits = torch.tensor([[3.0, 2.5, 0.0, 0.0]])
+    frequency = processed_state(SamplingParams(temperature=0.0, frequency_penalty=0.3))
+    # 3.0, then 2.7 > 2.5, then 2.4 < 2.5: token 0 twice, then token 1.
+    assert [int(frequency.sample(logits.clone(), 0)[0]) for _ in range(3)] == [0, 0, 1]
+    presence = processed_state(SamplingParams(temperature=0.0, presence_penalty=0.6))
+    # One occurrence costs 0.6 once: 2.4 < 2.5, then token 1 (2.5 > 2.4), then both penalised.
+    assert [int(presence.sample(logits.clone(), 0)[0]) for _ in range(3)] == [0, 1, 0]
+
+
+def test_the_repetition_penalty_covers_the_prompt_and_scales_by_sign() -> None:
+    logits = torch.tensor([[2.0, 1.5, -1.0, -1.2]])
+    state = processed_state(SamplingParams(temperature=0.0, repetition_penalty=2.0), prompt=(0,))
+    # Token 0 is in the prompt: 2.0 / 2 = 1.0 < 1.5.
+    assert int(state.sample(logits.clone(), 0)[0]) == 1
+    negative = torch.tensor([[-1.0, -1.5, -3.0, -3.0]])
+    state = processed_state(SamplingParams(temperature=0.0, repetition_penalty=2.0), prompt=(0,))
+    # Negative logits are multiplied: -1.0 * 2 = -2.0 < -1.5.
+    assert int(state.sample(negative, 0)[0]) == 1
+
+
+def test_logprobs_are_of_the_processed_logits_with_the_top_alternatives() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    state = processed_state(
+        SamplingParams(temperature=0.0, logprobs=2, logit_bias=((3, 4.0),)), prompt=(0,)
+    )
+    token = int(state.sample(logits.clone(), 0)[0])
+    processor = state.processors[0]
+    assert processor is not None
+    sampled = processor.sampled
+    assert sampled is not None
+    expected = torch.tensor([2.0, 1.0, 0.0, 3.0]).log_softmax(dim=-1)  # after the bias
+    assert token == 3
+    assert sampled.logprob == pytest.approx(float(expected[3]))
+    assert [index for index, _ in sampled.top] == [3, 0]
+    assert sampled.top[1][1] == pytest.approx(float(expected[0]))

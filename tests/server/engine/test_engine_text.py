@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from modelplane_server.detokenize import IncrementalDetokenizer, StopStringMatcher, TextCodec
+from modelplane_server.engine.detokenize import IncrementalDetokenizer, StopStringMatcher, TextCodec
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Per-row token sampling for a mixed batch: greedy, temperature, top-k, top-p and per-request
-seeds.
+seeds, after each row's logit processing (`logit_bias`, `min_tokens`, and the repetition, presence
+and frequency penalties); rows that ask for logprobs keep their last token's.
 
 Each row of a batch carries its own `SamplingParams`; the maths is vectorised over the rows (one
 sort and one softmax for all sampling rows) so the cost per step does not grow with Python loops
@@ -9,9 +10,85 @@ the same tokens whatever else shares its batch. Runs on the engine's step thread
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
+
+from modelplane_server.engine.contract import SampledLogprob, SamplingParams
+
+
+class RowProcessor:
+    """One row's logit processing, in vLLM's order: `logit_bias` is added; stop and EOS ids are
+    masked until `min_tokens` tokens are out; then the repetition penalty (over prompt and output
+    tokens, as in transformers and vLLM: positive logits divided, negative multiplied) and the
+    presence and frequency penalties (over output tokens, as OpenAI defines them) apply.
+
+    Rows without any of these get no processor, so the common case costs nothing. The counts are
+    dense vectors over the vocabulary, made at the first step (the logits give its size)."""
+
+    def __init__(
+        self, params: SamplingParams, prompt: Sequence[int], stop_ids: Iterable[int]
+    ) -> None:
+        self._params = params
+        self._prompt = tuple(prompt)
+        self._stop_ids = sorted(set(stop_ids))
+        self._generated = 0
+        self.sampled: SampledLogprob | None = None  # the last token's, when logprobs are asked
+        self._counts: torch.Tensor | None = None  # output-token counts
+        self._seen: torch.Tensor | None = None  # prompt or output, for the repetition penalty
+
+    @staticmethod
+    def needed(params: SamplingParams) -> bool:
+        return bool(
+            params.logprobs is not None
+            or params.logit_bias
+            or params.min_tokens
+            or params.presence_penalty
+            or params.frequency_penalty
+            or params.repetition_penalty != 1.0
+        )
+
+    def apply(self, logits: torch.Tensor) -> None:
+        """Process one row's logits (float32, `[vocab]`) in place."""
+        params = self._params
+        if self._counts is None:
+            self._counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
+            self._seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            if self._prompt:
+                self._seen[torch.tensor(self._prompt, device=logits.device)] = True
+        assert self._seen is not None
+        if params.logit_bias:
+            ids = torch.tensor([token for token, _ in params.logit_bias], device=logits.device)
+            bias = torch.tensor([value for _, value in params.logit_bias], device=logits.device)
+            logits.index_add_(0, ids, bias)
+        if self._generated < params.min_tokens and self._stop_ids:
+            logits[torch.tensor(self._stop_ids, device=logits.device)] = float("-inf")
+        if params.repetition_penalty != 1.0:
+            penalised = torch.where(
+                logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty
+            )
+            logits.copy_(torch.where(self._seen, penalised, logits))
+        if params.frequency_penalty:
+            logits.sub_(params.frequency_penalty * self._counts)
+        if params.presence_penalty:
+            logits.sub_(params.presence_penalty * (self._counts > 0).float())
+
+    def observe(self, token: int, logits: torch.Tensor) -> None:
+        """Count the token this row just produced from these (processed) `logits`."""
+        if self._params.logprobs is not None:
+            logprobs = logits.float().log_softmax(dim=-1)
+            top = logprobs.topk(min(self._params.logprobs, logprobs.shape[-1]))
+            self.sampled = SampledLogprob(
+                float(logprobs[token]),
+                tuple(
+                    (int(index), float(value))
+                    for index, value in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                ),
+            )
+        self._generated += 1
+        if self._counts is not None and self._seen is not None:
+            self._counts[token] += 1
+            self._seen[token] = True
 
 
 class SamplingState:
@@ -30,6 +107,7 @@ class SamplingState:
         self._sampling: list[bool] = [False] * capacity
         self._filtering: list[bool] = [False] * capacity
         self.generators: list[torch.Generator | None] = [None] * capacity
+        self.processors: list[RowProcessor | None] = [None] * capacity
         self._default_generator = torch.Generator(device=device)
         self._default_generator.seed()
 
@@ -47,6 +125,7 @@ class SamplingState:
         self._sampling += [False] * extra
         self._filtering += [False] * extra
         self.generators += [None] * extra
+        self.processors += [None] * extra
 
     def set_rows(
         self,
@@ -55,6 +134,8 @@ class SamplingState:
         top_ps: Sequence[float],
         top_ks: Sequence[int],
         seeds: Sequence[int | None],
+        *,
+        processors: Sequence[RowProcessor | None] = (),
     ) -> None:
         stop = start + len(temperatures)
         self.temperature[start:stop] = torch.tensor(temperatures, dtype=torch.float32)
@@ -71,6 +152,7 @@ class SamplingState:
                 generator = torch.Generator(device=self._device)
                 generator.manual_seed(seed)
             self.generators[row] = generator
+            self.processors[row] = processors[offset] if processors else None
 
     def move_rows(self, sources: list[int], targets: list[int]) -> None:
         """Copy rows `sources` onto rows `targets` (used when the runner compacts its batch)."""
@@ -82,9 +164,27 @@ class SamplingState:
             self._sampling[target] = self._sampling[source]
             self._filtering[target] = self._filtering[source]
             self.generators[target] = self.generators[source]
+            self.processors[target] = self.processors[source]
 
     def sample(self, logits: torch.Tensor, first_row: int) -> torch.Tensor:
         """Pick one token per row of `logits` ([rows, vocab]) for batch rows from `first_row`."""
+        processed = [
+            (offset, self.processors[first_row + offset])
+            for offset in range(logits.shape[0])
+            if self.processors[first_row + offset] is not None
+        ]
+        if processed:
+            logits = logits.float()
+            for offset, processor in processed:
+                assert processor is not None
+                processor.apply(logits[offset])
+        tokens = self._pick(logits, first_row)
+        for offset, processor in processed:
+            assert processor is not None
+            processor.observe(int(tokens[offset]), logits[offset])
+        return tokens
+
+    def _pick(self, logits: torch.Tensor, first_row: int) -> torch.Tensor:
         tokens = logits.argmax(dim=-1)
         sampling = [
             (offset, first_row + offset)

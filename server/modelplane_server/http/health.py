@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from modelplane_server.types import EngineStats
+from modelplane_server.engine.contract import EngineStats
 
 
 class Phase(enum.StrEnum):

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelplane_server.errors import ApiError, ErrorType
+from modelplane_server.http.errors import ApiError, ErrorType
 
 PROTECTED_PREFIX = "/v1/"
 

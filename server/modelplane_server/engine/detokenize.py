@@ -46,6 +46,10 @@ class TextCodec:
         return self._context_length
 
     @property
+    def vocab_size(self) -> int:
+        return len(self._tokenizer)
+
+    @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 

@@ -1,8 +1,9 @@
-"""OpenAI-compatible wire models: requests, responses, streaming chunks and the error shape.
+"""OpenAI-compatible wire models: requests, responses and streaming chunks (the error shape is
+`http.errors`'s).
 
 Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
-`store`), but reject with a 400 naming the parameter every field they know and cannot honour (`n>1`,
-`logprobs`, `echo`, `best_of`, tools). The request models own their conversion to engine values
+`store`), but reject with a 400 naming the parameter every field they know and cannot honour
+(`best_of`, `suffix`, tools). The request models own their conversion to engine values
 (`sampling_params`, `template_messages`), so the serving code never re-reads raw request fields.
 Our own endpoint (`/v1/similarity`) forbids unknown fields.
 """
@@ -15,17 +16,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_serializer,
 )
 
-from modelplane_server.errors import invalid
-from modelplane_server.types import SamplingParams
+from modelplane_server.engine.contract import SamplingParams
+from modelplane_server.http.errors import invalid
 
 MAX_STOP_SEQUENCES = 16
+MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_REPETITION_PENALTY = 10.0
 MAX_EMBEDDING_INPUTS = 2048
 MAX_SIMILARITY_TEXTS = 256
 INT32_MAX = 2**31 - 1
@@ -44,9 +51,6 @@ class OpenAIRequest(BaseModel):
     strictly, so `"max_tokens": "5"` is a 400 as with OpenAI, not a silent coercion."""
 
     model_config = ConfigDict(extra="allow")
-
-    def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
 
 
 class StreamOptions(BaseModel):
@@ -74,35 +78,37 @@ class SamplingFields(OpenAIRequest):
     ignore_eos: StrictBool = False
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: StrictInt = Field(1, ge=1, le=128, description="only 1 is supported")
-    presence_penalty: Number | None = Field(None, ge=-2.0, le=2.0, description="only 0")
-    frequency_penalty: Number | None = Field(None, ge=-2.0, le=2.0, description="only 0")
-    logit_bias: dict[str, Number] | None = Field(None, description="not supported")
+    n: StrictInt = Field(
+        1, ge=1, le=MAX_CHOICES, description="choices, generated side by side in the batch"
+    )
+    presence_penalty: Number | None = Field(
+        None, ge=-2.0, le=2.0, description="subtracted from every generated token's logit"
+    )
+    frequency_penalty: Number | None = Field(
+        None, ge=-2.0, le=2.0, description="... times how often the token was generated"
+    )
+    repetition_penalty: Number | None = Field(
+        None, gt=0.0, le=MAX_REPETITION_PENALTY, description="vLLM's: >1 discourages repeats"
+    )
+    logit_bias: dict[str, Annotated[float, Field(strict=True, ge=-100, le=100)]] | None = Field(
+        None, description="token id (as a string) -> added to its logit, -100 to 100"
+    )
+    min_tokens: StrictInt = Field(
+        0, ge=0, le=INT32_MAX, description="no EOS or stop token id before this many tokens"
+    )
     user: StrictStr | None = None
     priority: StrictInt = Field(
         0, ge=-INT32_MAX, le=INT32_MAX, description="lower runs first (like vLLM); default 0"
     )
 
     # Each check is a field validator so that the 400's `param` names the field.
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise _unsupported("n > 1")
-        return n
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, penalty: float | None) -> float | None:
-        if penalty:
-            raise _unsupported("a non-zero penalty")
-        return penalty
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        if bias:
-            raise _unsupported("logit_bias")
+    def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias is not None and not all(key.isdigit() for key in bias):
+            raise ValueError("logit_bias keys must be token ids (non-negative integers)")
+        if bias is not None and len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} logit_bias entries are allowed")
         return bias
 
     @field_validator("stop")
@@ -124,6 +130,11 @@ class SamplingFields(OpenAIRequest):
         """The field a too-large `requested_max_tokens` came from, for the 400's `param`."""
         return "max_tokens"
 
+    @property
+    def requested_logprobs(self) -> int | None:
+        """How many top logprobs each token reports (0: only its own); None: no logprobs."""
+        return None
+
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -143,6 +154,12 @@ class SamplingFields(OpenAIRequest):
             stop=self.stop_strings(),
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
+            logprobs=self.requested_logprobs,
         )
 
 
@@ -153,15 +170,17 @@ class CompletionRequest(SamplingFields):
     """`POST /v1/completions`. One text prompt per request (a list of one string is accepted)."""
 
     prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] = Field(
-        description="the prompt text; token-id prompts are rejected"
+        description="one prompt: text, or token ids (a list of one of either is accepted too)"
     )
     max_tokens: StrictInt | None = Field(16, ge=1, le=INT32_MAX)
-    echo: StrictBool = Field(False, description="not supported")
+    echo: StrictBool = Field(False, description="prefix the completion with the text prompt")
     best_of: StrictInt | None = Field(None, ge=1, le=128, description="only 1")
-    logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
+    logprobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="each token's logprob and this many top ones"
+    )
     suffix: StrictStr | None = Field(None, description="not supported")
 
-    @field_validator("echo", "suffix", "logprobs")
+    @field_validator("suffix")
     @classmethod
     def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
@@ -179,20 +198,29 @@ class CompletionRequest(SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def prompt_text(self) -> str:
-        """The one prompt, or an `ApiError` naming `prompt` for what we do not serve."""
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        texts = [item for item in prompts if isinstance(item, str)]
-        if not prompts:
-            raise invalid("prompt", "prompt must not be empty")
-        if len(texts) != len(prompts):
-            raise invalid("prompt", "token-id prompts are not supported; send the prompt as text")
-        if len(texts) != 1:
+    @property
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def prompt_input(self) -> str | list[int]:
+        """The one prompt, as text or token ids, or an `ApiError` naming `prompt` for what we
+        do not serve."""
+        prompt = self.prompt
+        prompts: list[Any] = (
+            [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
+        )
+        if len(prompts) > 1:
             raise invalid("prompt", "only one prompt per request is supported")
-        prompt = texts[0]
-        if not prompt:
+        if not prompts or not prompts[0]:
             raise invalid("prompt", "prompt must not be empty")
-        return prompt
+        if self.echo and not isinstance(prompts[0], str):
+            raise invalid("echo", "echo needs a text prompt")
+        one: str | list[int] = prompts[0]
+        return one
+
+
+def _is_token_ids(prompt: object) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
 
 
 # --- chat ---------------------------------------------------------------------------------------
@@ -230,15 +258,17 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: StrictInt | None = Field(
         None, ge=1, le=INT32_MAX, description="OpenAI's newer name for max_tokens; wins if both"
     )
-    logprobs: StrictBool | None = Field(None, description="not supported")
-    top_logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported")
+    logprobs: StrictBool | None = Field(None, description="each output token's logprob")
+    top_logprobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: this many top alternatives"
+    )
     tools: list[dict[str, Any]] | None = Field(None, description="not supported")
     tool_choice: Any = Field(None, description="only 'none'")
     functions: list[dict[str, Any]] | None = Field(None, description="not supported")
     function_call: Any = Field(None, description="not supported")
     response_format: dict[str, Any] | None = Field(None, description="only {'type': 'text'}")
 
-    @field_validator("logprobs", "top_logprobs", "tools", "functions")
+    @field_validator("tools", "functions")
     @classmethod
     def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
@@ -268,6 +298,17 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def max_tokens_field(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    @property
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs=true")
+        return top
 
     def template_messages(self) -> list[dict[str, str]]:
         # `developer` is OpenAI's new name for `system`; chat templates only know the old one.
@@ -337,14 +378,25 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
 class CompletionResponse(BaseModel):
+    """A completion, and also each chunk of a streamed one (as with OpenAI)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -358,10 +410,24 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -375,14 +441,22 @@ class ChatCompletionResponse(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """Only what changed is on the wire: `{"role": "assistant", "content": ""}` first, then
+    `{"content": ...}`, and `{}` with the finish reason."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

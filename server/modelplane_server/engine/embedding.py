@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     EmbeddingConfig,
     EngineObserver,
     NotAcceptingError,

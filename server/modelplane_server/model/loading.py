@@ -27,10 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelplane_server.detokenize import TextCodec
-from modelplane_server.embeddings import DynamicBatchingEmbeddingEngine
-from modelplane_server.engine import ContinuousBatchingEngine
-from modelplane_server.types import (
+from modelplane_server.engine.contract import (
     EmbeddingConfig,
     EmbeddingEngine,
     EngineObserver,
@@ -38,6 +35,9 @@ from modelplane_server.types import (
     GenerationEngine,
     SamplingParams,
 )
+from modelplane_server.engine.detokenize import TextCodec
+from modelplane_server.engine.embedding import DynamicBatchingEmbeddingEngine
+from modelplane_server.engine.generation import ContinuousBatchingEngine
 
 if TYPE_CHECKING:
     # mypy proves here that the engines satisfy the seam's protocols.
@@ -259,7 +259,7 @@ def load_generation_engine(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from modelplane_server.runner import CausalLMRunner
+    from modelplane_server.model.causal_lm import CausalLMRunner
 
     began = time.monotonic()
     embedded = embedded_generation_model() if not config.model else None
@@ -272,7 +272,10 @@ def load_generation_engine(
         config.served_model_name or source.derived_id,
         _context_length(model.config, tokenizer),
     )
-    runner = CausalLMRunner(model, device, config.max_batch_size, codec.context_length)
+    eos_token_ids = _eos_token_ids(model, tokenizer)
+    runner = CausalLMRunner(
+        model, device, config.max_batch_size, codec.context_length, eos_token_ids
+    )
     _report(progress, "warming up")
     warm_up_prompt = codec.encode("Hello")
     with torch.inference_mode():
@@ -282,9 +285,7 @@ def load_generation_engine(
     _report(
         progress, f"generation model {codec.model_id!r} ready in {time.monotonic() - began:.1f} s"
     )
-    return ContinuousBatchingEngine(
-        runner, codec, config, _eos_token_ids(model, tokenizer), observer=observer
-    )
+    return ContinuousBatchingEngine(runner, codec, config, eos_token_ids, observer=observer)
 
 
 def _pooling_mode(directory: Path) -> str:
@@ -330,7 +331,7 @@ def load_embedding_engine(
     """Load a sentence-embedding model, warm it up, and wrap it in the dynamic batcher."""
     from transformers import AutoModel
 
-    from modelplane_server.runner import SentenceEmbeddingRunner
+    from modelplane_server.model.sentence_embedder import SentenceEmbeddingRunner
 
     began = time.monotonic()
     embedded = embedded_embedding_model() if not config.model else None

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from modelplane_server.app import create_app
+from modelplane_server.http.app import create_app
 from modelplane_server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
