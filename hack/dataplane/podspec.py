@@ -267,6 +267,10 @@ def plan_container(
             raise PodConfigError("the pod has no IP yet")
         argv.append(f"--host={pod_ip}")
         substitutions.append(f"--host={pod_ip} (the pod's address)")
+    elif any(arg.startswith("--progress-port") for arg in argv) and pod_ip:
+        # A download serving its progress: on the pod's own address, as the server does.
+        argv.append(f"--progress-host={pod_ip}")
+        substitutions.append(f"--progress-host={pod_ip} (the pod's address)")
 
     return ProcessPlan(
         container=container["name"],

@@ -44,6 +44,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 
 from modelplane_server.cachedir import CacheDir, RemoteFile, checksum_matches
+from modelplane_server.progress_server import serve_progress
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 URI_PREFIX = "hf://"
@@ -93,6 +94,9 @@ class DownloadRequest:
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 30.0
     timeout_seconds: float = 30.0
+    progress_port: int | None = None
+    progress_host: str = "0.0.0.0"  # noqa: S104 - a pod's own address space
+    progress_linger_seconds: float = 0.0
 
 
 def repo_of(uri: str) -> str:
@@ -405,6 +409,24 @@ def parse_request(argv: Sequence[str]) -> DownloadRequest:
     parser.add_argument(
         "--timeout-seconds", type=float, default=30.0, help="connect/read timeout (30)"
     )
+    parser.add_argument(
+        "--progress-port",
+        type=int,
+        help="serve progress.json at http://HOST:PORT/progress while downloading (the operator "
+        "reads it for the ModelCache's status)",
+    )
+    parser.add_argument(
+        "--progress-host",
+        default="0.0.0.0",  # noqa: S104 - a pod's own address space
+        help="address to serve it on (0.0.0.0)",
+    )
+    parser.add_argument(
+        "--progress-linger-seconds",
+        type=float,
+        default=0.0,
+        help="keep serving the final progress this long after a success (so a reader polling "
+        "every few seconds sees the totals and the commit)",
+    )
     args = parser.parse_args(list(argv))
     try:
         repo = repo_of(args.uri)
@@ -426,11 +448,17 @@ def parse_request(argv: Sequence[str]) -> DownloadRequest:
         backoff_seconds=args.backoff_seconds,
         max_backoff_seconds=args.max_backoff_seconds,
         timeout_seconds=args.timeout_seconds,
+        progress_port=args.progress_port,
+        progress_host=args.progress_host,
+        progress_linger_seconds=args.progress_linger_seconds,
     )
 
 
 def download_command(argv: Sequence[str]) -> int:
     request = parse_request(argv)
+    if request.progress_port is not None:
+        progress_file = CacheDir(request.target).progress_path
+        serve_progress(request.progress_host, request.progress_port, progress_file)
     try:
         manifest = download(request)
     except DownloadError as failure:
@@ -441,4 +469,6 @@ def download_command(argv: Sequence[str]) -> int:
         f"{manifest['totalBytes']} bytes in {request.target}",
         flush=True,
     )
+    if request.progress_port is not None:
+        time.sleep(request.progress_linger_seconds)
     return 0

@@ -165,6 +165,19 @@ def test_the_download_subcommand_runs_as_written_with_the_claim_mapped() -> None
     assert plan.env["HF_HUB_OFFLINE"] == "0"  # the container's env wins over the image's
 
 
+def test_a_download_serving_its_progress_does_so_on_the_pod_address() -> None:
+    job = {
+        "name": "download",
+        "image": "modelplane-server",
+        "args": ["download", "hf://org/repo", "/cache", "--progress-port=8090"],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+    }
+    volumes = [{"name": "cache", "persistentVolumeClaim": {"claimName": "smollm2"}}]
+    plan = plan_container(pod([job], volumes=volumes), job, LAYOUT, no_lookup)
+    assert plan.argv[-2:] == ("--progress-port=8090", "--progress-host=10.244.128.7")
+    assert "--host" not in " ".join(plan.argv[:-1])
+
+
 def test_a_failed_container_falls_back_to_its_last_log_lines() -> None:
     fallback = {"name": "c", "terminationMessagePolicy": "FallbackToLogsOnError"}
     output = b"".join(b"progress %d\n" % i for i in range(200)) + b"NotFound: no such repo\n"

@@ -1,0 +1,37 @@
+"""A download's progress over HTTP, for the operator: `GET /progress` answers the cache's
+progress.json as it is now (`{}` before the first write). A daemon thread, standard library only:
+it lives exactly as long as the download process."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+PROGRESS_PATH = "/progress"
+
+
+def serve_progress(host: str, port: int, progress_file: Path) -> ThreadingHTTPServer:
+    """Start serving `progress_file` at http://host:port/progress in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != PROGRESS_PATH:
+                self.send_error(404)
+                return
+            try:
+                body = progress_file.read_bytes()
+            except FileNotFoundError:
+                body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: stdout carries the download's own progress lines."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="progress", daemon=True).start()
+    return server
