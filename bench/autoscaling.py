@@ -141,7 +141,7 @@ def measure(state: localcluster.ClusterState) -> dict[str, Any]:  # noqa: PLR091
     gateway, prom = state.endpoints["gateway"], state.endpoints["prometheus"]
     common.kubectl(
         kubeconfig, "apply", "--server-side", "--force-conflicts",
-        "-f", str(common.ROOT / "crds" / "modeldeployments.modelplane.io.yaml"),
+        "-f", str(common.ROOT / "crds"),
     )  # fmt: skip
     common.wait_established(kubeconfig, "modeldeployments.modelplane.io")
     common.kubectl(kubeconfig, "create", "namespace", NAMESPACE)

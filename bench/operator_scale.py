@@ -316,7 +316,7 @@ def main() -> int:
     try:
         common.kubectl(
             kubeconfig, "apply", "--server-side", "--force-conflicts",
-            "-f", str(common.ROOT / "crds" / "modeldeployments.modelplane.io.yaml"),
+            "-f", str(common.ROOT / "crds"),
         )  # fmt: skip
         common.wait_established(kubeconfig, "modeldeployments.modelplane.io")
         result = asyncio.run(

@@ -40,7 +40,7 @@ kubectl get nodes -L nvidia.com/gpu.product \
   -o custom-columns='NAME:.metadata.name,GPU:.metadata.labels.nvidia\.com/gpu\.product,GPUS:.status.allocatable.nvidia\.com/gpu'
 
 log "2/3 the operator reconciles a ModelDeployment; its pod is a real server (logs: $logs)"
-kubectl apply --server-side --force-conflicts -f crds/modeldeployments.modelplane.io.yaml >/dev/null
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null  # both CRDs, not crds/samples/
 # Polled, not `kubectl wait`: that fails at once while the fresh CRD has no status.conditions yet.
 for _ in $(seq 240); do
   established="$(kubectl get crd modeldeployments.modelplane.io \

@@ -103,6 +103,14 @@ class ObjectCache:
         if not group:
             self._groups.pop(group_key, None)
 
+    def in_namespace(self, api_version: str, kind: str, namespace: str) -> list[Object]:
+        """Every object of one kind held for a namespace (a scan: for small kinds only)."""
+        return [
+            item
+            for (held_version, held_kind, held_namespace, _), item in self._objects.items()
+            if (held_version, held_kind, held_namespace) == (api_version, kind, namespace)
+        ]
+
     def select(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[Object]:

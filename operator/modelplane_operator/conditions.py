@@ -12,6 +12,8 @@ Every condition type's healthy value is True (kstatus convention; a negative-pol
   failing check; Unknown: Inconclusive, paused).
 - GPUCapacity (with a canary on GPUs): every canary pod has a free GPU (False: Borrowing, stable
   lends replicas, or GPUsFull; Unknown: CapacityUnknown, the operator may not list nodes).
+- ModelCacheReady (with a ModelCache in use): its files are there (False: Downloading, Failed,
+  CacheDeleted, CacheNotFound).
 - TrafficSplit (with a canary): the split is exact, by HTTPRoute weights (False: ApproximateSplit,
   by replica ratio, and why).
 """
@@ -28,6 +30,7 @@ AUTOSCALER_READY = "AutoscalerReady"
 MONITORING_READY = "MonitoringReady"
 CANARY_HEALTHY = "CanaryHealthy"
 TRAFFIC_SPLIT = "TrafficSplit"
+MODEL_CACHE_READY = "ModelCacheReady"
 GPU_CAPACITY = "GPUCapacity"
 # A child the spec asks for needs an add-on whose CRD is not installed (kinds.ChildKind.crd).
 CRD_NOT_INSTALLED = "CRDNotInstalled"
@@ -40,6 +43,7 @@ CONDITION_TYPES = (
     CANARY_HEALTHY,
     GPU_CAPACITY,
     TRAFFIC_SPLIT,
+    MODEL_CACHE_READY,
 )
 
 Status = Literal["True", "False", "Unknown"]

@@ -28,6 +28,7 @@ from modelplane_operator.models import (
     SHORT_NAMES,
     SINGULAR,
     VERSION,
+    ApiModel,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
 )
@@ -131,13 +132,14 @@ def _ordered(schema: Schema) -> Schema:
     return {key: schema[key] for key in sorted(schema, key=rank)}
 
 
-def _model_schema(model: type[ModelDeploymentSpec] | type[ModelDeploymentStatus]) -> Schema:
+def model_schema(model: type[ApiModel]) -> Schema:
+    """A pydantic model's schema, inlined and structural."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     definitions = raw.get("$defs", {})
     return _structural(_inline(raw, definitions))
 
 
-def _condition_list(status: Schema) -> None:
+def condition_list(status: Schema) -> None:
     """Conditions are a map keyed by type, so server-side apply merges them per type."""
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
@@ -147,9 +149,9 @@ def _condition_list(status: Schema) -> None:
 
 def openapi_schema() -> Schema:
     """The v1alpha1 version's openAPIV3Schema."""
-    spec = _model_schema(ModelDeploymentSpec)
-    status = _model_schema(ModelDeploymentStatus)
-    _condition_list(status)
+    spec = model_schema(ModelDeploymentSpec)
+    status = model_schema(ModelDeploymentStatus)
+    condition_list(status)
     return {
         "type": "object",
         "description": (

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -37,8 +38,18 @@ from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kinds import WATCHED_KINDS
 from modelplane_operator.kube import Kube
 from modelplane_operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
+from modelplane_operator.model_cache_api import API_VERSION as CACHE_API_VERSION
+from modelplane_operator.model_cache_api import KIND as CACHE_KIND
+from modelplane_operator.model_cache_api import PLURAL as CACHE_PLURAL
+from modelplane_operator.model_cache_reconcile import CacheReconciler
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from modelplane_operator.names import FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY
+from modelplane_operator.names import (
+    CACHE_APP_NAME,
+    FIELD_MANAGER,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+)
 from modelplane_operator.reconcile import Reads, Reconciler
 from modelplane_operator.render import RenderOptions
 from modelplane_operator.settings import OperatorSettings, kopf_settings
@@ -56,6 +67,7 @@ class OperatorContext:
 
     settings: OperatorSettings
     reconciler: Reconciler | None = None
+    caches: CacheReconciler | None = None
     client: AsyncClient | None = None
     leading: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -66,6 +78,17 @@ class OperatorContext:
         if self.reconciler is None:
             raise kopf.TemporaryError("the operator is still starting", delay=1)
         return self.reconciler
+
+    @property
+    def active_caches(self) -> CacheReconciler:
+        """The ModelCaches' reconciler, once startup has created it."""
+        if self.caches is None:
+            raise kopf.TemporaryError("the operator is still starting", delay=1)
+        return self.caches
+
+    def queues(self) -> list[Reconciler]:
+        """Both work queues (ModelDeployments', ModelCaches'), once started."""
+        return [queue for queue in (self.reconciler, self.caches) if queue is not None]
 
 
 def context_of(memo: Any) -> OperatorContext:
@@ -105,6 +128,13 @@ async def startup(memo: Any, logger: Any, **_: Any) -> None:
             prometheus_url=settings.prometheus_url, rule_labels=settings.rule_labels
         ),
     )
+    context.caches = CacheReconciler(
+        kube,
+        workers=settings.workers,
+        debounce_seconds=settings.debounce_seconds,
+        retry_delay_seconds=settings.retry_delay_seconds,
+    )
+    context.caches.on_status_change = functools.partial(_requeue_namespace, context)
     if settings.leader_election:
         elector = LeaderElector(
             context.client,
@@ -121,7 +151,8 @@ async def startup(memo: Any, logger: Any, **_: Any) -> None:
     else:
         metrics.LEADER.set(1)
         context.leading = True
-        context.tasks.append(asyncio.create_task(context.reconciler.run()))
+        for queue in context.queues():
+            context.tasks.append(asyncio.create_task(queue.run()))
     context.tasks.append(asyncio.create_task(_resync_forever(context, logger)))
 
 
@@ -134,8 +165,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     context.tasks.clear()
-    if context.reconciler is not None:
-        await context.reconciler.close()
+    for queue in context.queues():
+        await queue.close()
     if context.client is not None:
         await context.client.close()
 
@@ -145,14 +176,34 @@ def _notice(memo: Any, api_version: str, kind: str, event: Any) -> None:
     context = context_of(memo)
     item = event["object"]
     # Watches are cluster-wide for a glob (see `kopf_scope`): other namespaces are not ours.
-    if _watched(item["metadata"].get("namespace", ""), context.settings.namespaces):
+    if not _watched(item["metadata"].get("namespace", ""), context.settings.namespaces):
+        return
+    labels = item["metadata"].get("labels") or {}
+    if kind == CACHE_KIND or labels.get(LABEL_NAME) == CACHE_APP_NAME:
+        context.active_caches.notice(api_version, kind, event.get("type"), item)
+    else:
         context.active.notice(api_version, kind, event.get("type"), item)
+
+
+def _requeue_namespace(context: OperatorContext, namespace: str) -> None:
+    """A ModelCache's status changed: its namespace's ModelDeployments may wait for or use it."""
+    reconciler = context.active
+    cache = reconciler.kube.cache
+    held = [] if cache is None else cache.in_namespace(API_VERSION, KIND, namespace)
+    for body in held:
+        reconciler.enqueue(namespace, body["metadata"]["name"])
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
 async def model_deployment_event(memo: Any, event: Any, **_: Any) -> None:
     """Any change of a ModelDeployment (ours included; the cache drops echoes of our writes)."""
     _notice(memo, API_VERSION, KIND, event)
+
+
+@kopf.on.event(GROUP, VERSION, CACHE_PLURAL, registry=registry)
+async def model_cache_event(memo: Any, event: Any, **_: Any) -> None:
+    """Any change of a ModelCache."""
+    _notice(memo, CACHE_API_VERSION, CACHE_KIND, event)
 
 
 def child_event(api_version: str, kind: str) -> Any:
@@ -212,14 +263,13 @@ async def _lead_forever(context: OperatorContext, elector: LeaderElector, logger
     Lease cannot be renewed in time the workers are cancelled at once, before another replica may
     take over, and this replica becomes a candidate again (if the API was only away, it finds the
     Lease still its own and goes on, without a restart)."""
-    reconciler = context.active
     identity = elector.config.identity
     while True:
         await elector.acquire()
         context.leading = True
         metrics.LEADER.set(1)
         logger.info(f"{identity} leads: reconciling")
-        working = asyncio.create_task(reconciler.run())
+        working = [asyncio.create_task(queue.run()) for queue in context.queues()]
         first_pass = asyncio.create_task(
             _until_listed(context, Reads.API, elector.config.retry_seconds, logger)
         )
@@ -230,7 +280,7 @@ async def _lead_forever(context: OperatorContext, elector: LeaderElector, logger
         finally:
             context.leading = False
             metrics.LEADER.set(0)
-            for task in (first_pass, working):
+            for task in (first_pass, *working):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -261,6 +311,16 @@ async def _enqueue_all(context: OperatorContext, reads: Reads, logger: Any) -> b
             metadata = body["metadata"]
             if _watched(metadata["namespace"], patterns):
                 context.active.enqueue(metadata["namespace"], metadata["name"], reads)
+        try:
+            caches = await context.active.kube.list_model_caches(scope)
+        except Exception as error:
+            logger.warning(f"could not list ModelCaches: {error}")
+            listed = False
+            continue
+        for body in caches:
+            metadata = body["metadata"]
+            if _watched(metadata["namespace"], patterns):
+                context.active_caches.enqueue(metadata["namespace"], metadata["name"], reads)
     return listed
 
 

@@ -72,6 +72,11 @@ HTTP_ROUTE = ChildKind(
     watched=False,
     crd=f"httproutes.{GATEWAY_API_GROUP}",
 )
+# A ModelCache's children.
+PERSISTENT_VOLUME_CLAIM = ChildKind(
+    "v1", "PersistentVolumeClaim", "persistentvolumeclaims", watched=True
+)
+JOB = ChildKind("batch/v1", "Job", "jobs", watched=True)
 # Not a child, but watched: the pods the Deployment makes say how the rollout is going.
 POD = ChildKind("v1", "Pod", "pods", watched=True)
 # Not a child either: read only while a Deployment made before the variant label retires
@@ -90,9 +95,16 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     SCALED_OBJECT,
     HTTP_ROUTE,
 )
-WATCHED_KINDS: tuple[ChildKind, ...] = tuple(kind for kind in (*CHILD_KINDS, POD) if kind.watched)
+# Every kind a ModelCache renders, in the order it applies them.
+CACHE_CHILD_KINDS: tuple[ChildKind, ...] = (PERSISTENT_VOLUME_CLAIM, JOB)
+WATCHED_KINDS: tuple[ChildKind, ...] = tuple(
+    kind for kind in (*CHILD_KINDS, *CACHE_CHILD_KINDS, POD) if kind.watched
+)
 OPTIONAL_CRDS: tuple[str, ...] = tuple(kind.crd for kind in CHILD_KINDS if kind.crd is not None)
-_BY_KEY = {(kind.api_version, kind.kind): kind for kind in (*CHILD_KINDS, POD, REPLICA_SET)}
+_BY_KEY = {
+    (kind.api_version, kind.kind): kind
+    for kind in (*CHILD_KINDS, *CACHE_CHILD_KINDS, POD, REPLICA_SET)
+}
 
 
 def kind_of(manifest: dict[str, Any]) -> ChildKind:

@@ -31,7 +31,8 @@ from lightkube.operators import not_equal
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import Event, Node, Pod, Service
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
@@ -39,6 +40,9 @@ from lightkube.utils.quantity import parse_quantity
 
 from modelplane_operator.cache import ObjectCache
 from modelplane_operator.kinds import POD, ChildKind, kind_of
+from modelplane_operator.model_cache_api import API_VERSION as CACHE_API_VERSION
+from modelplane_operator.model_cache_api import KIND as CACHE_KIND
+from modelplane_operator.model_cache_api import PLURAL as CACHE_PLURAL
 from modelplane_operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from modelplane_operator.names import FIELD_MANAGER
 
@@ -47,6 +51,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+ModelCacheResource = create_namespaced_resource(GROUP, VERSION, CACHE_KIND, CACHE_PLURAL)
 
 # lightkube's typed resources for the built-in kinds; add-on kinds get a generic resource.
 _BUILT_IN: dict[str, type[NamespacedResource]] = {
@@ -57,6 +62,8 @@ _BUILT_IN: dict[str, type[NamespacedResource]] = {
     "NetworkPolicy": NetworkPolicy,
     "Pod": Pod,
     "ReplicaSet": ReplicaSet,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "Job": Job,
 }
 
 
@@ -221,13 +228,18 @@ class Kube:
         self, kind: ChildKind, name: str, namespace: str, *, orphan: bool = False
     ) -> None:
         """Delete a child; already gone is fine. `orphan`: leave what it owns (a Deployment's
-        ReplicaSets and their pods) running."""
+        ReplicaSets and their pods) running. A Job takes its pods with it (batch/v1's default
+        is to orphan them)."""
         resource = resource_for(kind)
 
         async def call() -> None:
             if orphan:
                 await self.client.delete(
                     resource, name, namespace=namespace, cascade=CascadeType.ORPHAN
+                )
+            elif kind.kind == "Job":
+                await self.client.delete(
+                    resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND
                 )
             else:
                 await self.client.delete(resource, name, namespace=namespace)
@@ -399,3 +411,57 @@ class Kube:
         )
         # Held at once: a reconcile before the watch echoes this write compares against it.
         self._keep(API_VERSION, KIND, to_object(written))
+
+    async def get_model_cache(
+        self, namespace: str, name: str, *, cached: bool = False
+    ) -> Object | None:
+        """A ModelCache, or None when there is none; `cached`: as the cache holds it (the API
+        when the cache holds nothing)."""
+        if cached and self.cache is not None:
+            held = self.cache.get(CACHE_API_VERSION, CACHE_KIND, namespace, name)
+            if held is not None:
+                return held
+        try:
+            body = to_object(await self.client.get(ModelCacheResource, name, namespace=namespace))
+        except ApiError as error:
+            if error.status.code == NOT_FOUND:
+                return None
+            raise
+        self._keep(CACHE_API_VERSION, CACHE_KIND, body)
+        return body
+
+    async def list_model_caches(
+        self, namespace: str | None, *, cached: bool = False
+    ) -> list[Object]:
+        """ModelCaches in one namespace (all of them when None); `cached`: as the cache holds
+        them (a namespace's, which the watch keeps)."""
+        if cached and self.cache is not None and namespace is not None:
+            return self.cache.in_namespace(CACHE_API_VERSION, CACHE_KIND, namespace)
+        scope = "*" if namespace is None else namespace
+        bodies = [
+            to_object(item) async for item in self.client.list(ModelCacheResource, namespace=scope)
+        ]
+        for body in bodies:
+            self._keep(CACHE_API_VERSION, CACHE_KIND, body)
+        return bodies
+
+    async def apply_cache_status(self, name: str, namespace: str, status: Object) -> None:
+        """Server-side apply of a ModelCache's status subresource."""
+        body = {
+            "apiVersion": CACHE_API_VERSION,
+            "kind": CACHE_KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        written = await self._retrying(
+            lambda: self.client.patch(
+                ModelCacheResource.Status,
+                name,
+                body,
+                namespace=namespace,
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        )
+        self._keep(CACHE_API_VERSION, CACHE_KIND, to_object(written))

@@ -100,14 +100,14 @@ def _owned_flag_message(flag: str) -> str:
     )
 
 
-def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
     """CEL rules for `json_schema_extra`: (rule, message) pairs."""
     return {
         "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]
     }
 
 
-def _section(model: type[BaseModel], description: str) -> Any:
+def section(model: type[BaseModel], description: str) -> Any:
     """An optional section of the spec: defaulted in pydantic and, spelt out, in the CRD."""
     return Field(
         default_factory=model,
@@ -145,7 +145,7 @@ Quantity = int | str
 """A Kubernetes resource quantity ("8Gi", "500m", 4). Rendered into the schema as int-or-string."""
 
 
-def _quantity_field(description: str, default: str | None = None) -> Any:
+def quantity_field(description: str, default: str | None = None) -> Any:
     extra: dict[str, JsonValue] = {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
     if default is None:
         return Field(default=None, description=description, json_schema_extra=extra)
@@ -156,7 +156,7 @@ class ModelSource(ApiModel):
     """Where the weights come from and how the server should load them."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "self.uri.matches('" + MODEL_URI_PATTERN.replace("\\", "\\\\") + "')",
                 MODEL_URI_MESSAGE,
@@ -222,6 +222,15 @@ class ModelSource(ApiModel):
         default=None,
         description="Name of a Secret in the same namespace whose key `token` is used as HF_TOKEN.",
     )
+    cache_ref: ObjectName | None = Field(
+        default=None,
+        description=(
+            "A ModelCache in this namespace holding these weights: pods mount its claim "
+            "read-only and download nothing, and wait (Ready=False, ModelDownloading) while it "
+            "downloads. Unset: a Ready ModelCache with the same uri, revision and ggufFile is "
+            "used when there is one (status.resolved.modelCache says which)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSource:
@@ -236,7 +245,7 @@ class EnvVarSource(ApiModel):
     """A reference to a Secret or ConfigMap key."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "has(self.secretKeyRef) != has(self.configMapKeyRef)",
                 "spec.server.env[].valueFrom needs exactly one of secretKeyRef, configMapKeyRef",
@@ -260,7 +269,7 @@ class EnvVar(ApiModel):
     """An environment variable for the server container."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "has(self.value) != has(self.valueFrom)",
                 "spec.server.env[] needs exactly one of value, valueFrom",
@@ -328,7 +337,7 @@ class ServerConfig(ApiModel):
             "renders itself (--model, --max-batch-size, ...) are refused in any spelling: set the "
             "spec field the message names instead."
         ),
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             *(
                 (f"self.all(a, !a.matches('{flag_spellings(flag)}'))", _owned_flag_message(flag))
                 for flag in OWNED_FLAGS
@@ -353,7 +362,7 @@ class Accelerator(ApiModel):
     """GPUs and host resources per replica."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "!has(self.type) || self.count > 0",
                 GPU_TYPE_MESSAGE,
@@ -376,8 +385,8 @@ class Accelerator(ApiModel):
         le=64,
         description="GPUs per replica (nvidia.com/gpu requests and limits). 0 runs on CPU.",
     )
-    cpu: Quantity = _quantity_field("CPU request per replica.", default="2")
-    memory: Quantity = _quantity_field(
+    cpu: Quantity = quantity_field("CPU request per replica.", default="2")
+    memory: Quantity = quantity_field(
         "Memory request and limit per replica (host RAM, not GPU memory).", default="16Gi"
     )
 
@@ -427,7 +436,7 @@ class Autoscaling(ApiModel):
     """A HorizontalPodAutoscaler (autoscaling/v2) owns the replica count."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "self.minReplicas <= self.maxReplicas",
                 MIN_MAX_MESSAGE,
@@ -555,7 +564,7 @@ class Rollout(ApiModel):
     """How new pods replace old ones."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "self.maxSurge > 0 || self.maxUnavailable > 0",
                 ROLLOUT_MESSAGE,
@@ -716,7 +725,7 @@ def _bucket_message(field: str, histogram: str, buckets: tuple[float, ...]) -> s
 
 
 def _bucket_rule(message: str, buckets: tuple[float, ...]) -> dict[str, Any]:
-    return _rules((f"self.thresholdSeconds in [{', '.join(map(repr, buckets))}]", message))
+    return cel_rules((f"self.thresholdSeconds in [{', '.join(map(repr, buckets))}]", message))
 
 
 TTFT_BUCKET_MESSAGE = _bucket_message("timeToFirstToken", "time-to-first-token", TTFT_BUCKETS)
@@ -778,7 +787,7 @@ class SLO(ApiModel):
     alerts (the SRE workbook's method)."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "has(self.availability) || has(self.timeToFirstToken) || has(self.endToEndLatency)",
                 SLO_OBJECTIVE_MESSAGE,
@@ -905,7 +914,7 @@ class CanaryCheck(ApiModel):
     """One check of an analysis window: the canary's value against stable's, same window."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             ("has(self.metric) != has(self.query)", CHECK_SOURCE_MESSAGE),
             (
                 "has(self.maxIncrease) || has(self.maxRatio) || has(self.max)",
@@ -1035,7 +1044,7 @@ class Canary(ApiModel):
             "weight (at least 1)."
         ),
     )
-    traffic: CanaryTraffic = _section(CanaryTraffic, "The weight without steps, the header rule.")
+    traffic: CanaryTraffic = section(CanaryTraffic, "The weight without steps, the header rule.")
     steps: list[CanaryStep] = Field(
         default_factory=list,
         max_length=32,
@@ -1080,7 +1089,7 @@ class ModelDeploymentSpec(ApiModel):
     """Desired state: which model to serve, on what hardware, at what scale."""
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
+        json_schema_extra=cel_rules(
             (
                 "!(has(self.replicas) && has(self.autoscaling))",
                 REPLICAS_AUTOSCALING_MESSAGE,
@@ -1100,11 +1109,11 @@ class ModelDeploymentSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy."
     )
-    server: ServerConfig = _section(
+    server: ServerConfig = section(
         ServerConfig,
         "The inference server's batching, queueing and shutdown knobs (rendered as its flags).",
     )
-    accelerator: Accelerator = _section(
+    accelerator: Accelerator = section(
         Accelerator, "GPUs (type and count) and host CPU and memory per replica."
     )
     replicas: int | None = Field(
@@ -1129,26 +1138,26 @@ class ModelDeploymentSpec(ApiModel):
             "Scale to zero and remove the autoscaler and disruption budget; keeps the Service."
         ),
     )
-    rollout: Rollout = _section(
+    rollout: Rollout = section(
         Rollout, "How a spec change replaces pods (a rolling update of the Deployment)."
     )
-    service: ServiceConfig = _section(
+    service: ServiceConfig = section(
         ServiceConfig,
         "The Service in front of the ready replicas; status.url is its in-cluster URL.",
     )
-    monitoring: Monitoring = _section(
+    monitoring: Monitoring = section(
         Monitoring, "Prometheus scraping of the server's /metrics through a ServiceMonitor."
     )
-    network_policy: NetworkPolicyConfig = _section(
+    network_policy: NetworkPolicyConfig = section(
         NetworkPolicyConfig,
         "An opt-in NetworkPolicy admitting traffic to the server only from chosen namespaces.",
     )
-    pod_disruption_budget: DisruptionBudget = _section(
+    pod_disruption_budget: DisruptionBudget = section(
         DisruptionBudget,
         "A PodDisruptionBudget limiting voluntary disruptions (node drains); created only "
         "when more than one replica can exist.",
     )
-    pod_template: PodTemplate = _section(
+    pod_template: PodTemplate = section(
         PodTemplate,
         "Pod-level overrides (the escape hatch): labels, annotations, scheduling, identity.",
     )
@@ -1213,8 +1222,17 @@ class ResolvedConfig(ApiModel):
     model_size_gi_b: float = Field(
         alias="modelSizeGiB", description="Model size used for the budget."
     )
-    model_size_source: Literal["declared", "estimated"] = Field(
-        description="Whether modelSizeGiB came from spec.model.sizeGiB or an estimate."
+    model_size_source: Literal["declared", "estimated", "measured"] = Field(
+        description=(
+            "Whether modelSizeGiB came from spec.model.sizeGiB, an estimate, or the size the "
+            "ModelCache measured."
+        )
+    )
+    model_cache: str | None = Field(
+        default=None, description="The ModelCache whose claim the pods mount, if any."
+    )
+    model_claim: str | None = Field(
+        default=None, description="The claim holding the weights the pods mount, if any."
     )
     startup_probe_budget_seconds: int = Field(
         description="failureThreshold x periodSeconds of the startup probe."

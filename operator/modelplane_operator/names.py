@@ -67,6 +67,20 @@ def child_labels(name: str) -> dict[str, str]:
     }
 
 
+CACHE_APP_NAME = "modelplane-model-cache"
+
+
+def cache_labels(name: str) -> dict[str, str]:
+    """Labels on a ModelCache's claim, Job and download pods (never selected as a server's)."""
+    return {
+        LABEL_NAME: CACHE_APP_NAME,
+        LABEL_INSTANCE: name,
+        LABEL_COMPONENT: "model-cache",
+        LABEL_PART_OF: "modelplane",
+        LABEL_MANAGED_BY: FIELD_MANAGER,
+    }
+
+
 def instance_selector(name: str) -> str:
     """Every pod of the ModelDeployment, as the scale subresource's status.selector wants it."""
     return ",".join(f"{key}={value}" for key, value in sorted(instance_labels(name).items()))

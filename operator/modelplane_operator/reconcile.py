@@ -27,7 +27,7 @@ from typing import Any
 from lightkube import ApiError
 from pydantic import ValidationError
 
-from modelplane_operator import canary_control, metrics, selector_migration
+from modelplane_operator import canary_control, metrics, model_cache_use, selector_migration
 from modelplane_operator.autoscaler_conditions import PROMETHEUS_URL_MISSING, startup_seconds
 from modelplane_operator.autoscaling import round_up_startup
 from modelplane_operator.conditions import (
@@ -58,6 +58,7 @@ from modelplane_operator.models import (
     KIND,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
+    ResolvedConfig,
 )
 from modelplane_operator.names import (
     CANARY,
@@ -137,7 +138,7 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _validation_message(error: ValidationError) -> str:
+def validation_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
@@ -262,6 +263,33 @@ async def _retire_orphaned(
             outcome.applied.append(f"{REPLICA_SET.kind}/{name}")
 
 
+# A cache in use that is going away: running pods keep its claim, so nothing is scaled down.
+KEEP_SERVING = ("CacheDeleted", "CacheNotFound")
+
+
+def _with_cache(
+    conditions: list[Condition], cache: model_cache_use.CacheUse, *, waiting: bool
+) -> list[Condition]:
+    """The conditions with ModelCacheReady, and Ready saying the model is downloading while the
+    pods wait for their cache."""
+    if waiting:
+        downloading = Condition(
+            READY, "False", model_cache_use.MODEL_DOWNLOADING, cache.condition.message
+        )
+        conditions = [downloading if item.type == READY else item for item in conditions]
+    return [*conditions, cache.condition]
+
+
+def _resolved(rendered: Rendered, cache: model_cache_use.CacheUse | None) -> ResolvedConfig:
+    """What was applied, naming the ModelCache and claim the weights come from, if any."""
+    if cache is None or cache.claim is None:
+        return rendered.resolved
+    update: dict[str, Any] = {"model_cache": cache.name, "model_claim": cache.claim}
+    if cache.size_gib is not None:
+        update["model_size_source"] = "measured"
+    return rendered.resolved.model_copy(update=update)
+
+
 def _variant(pod: Object) -> str | None:
     return (pod["metadata"].get("labels") or {}).get(VARIANT_LABEL)
 
@@ -307,7 +335,7 @@ async def reconcile(
     try:
         spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
-        message = _validation_message(error)
+        message = validation_message(error)
         conditions = merge_conditions(
             previous, [Condition(READY, "False", INVALID_SPEC, message)], generation, now()
         )
@@ -323,6 +351,17 @@ async def reconcile(
     options = dataclasses.replace(
         options, installed_crds=installed, measured_startup_seconds=measured
     )
+    resolved_before = (body.get("status") or {}).get("resolved") or {}
+    cache = await model_cache_use.resolve(
+        kube,
+        namespace,
+        spec.model,
+        resolved_before,
+        cached=reads is not Reads.API,
+    )
+    waiting = cache is not None and not cache.ready and cache.condition.reason not in KEEP_SERVING
+    if cache is not None and cache.claim is not None:
+        spec = spec.model_copy(update={"model": model_cache_use.cached_model(spec.model, cache)})
     canary = await canary_control.decide(
         kube,
         prometheus,
@@ -333,8 +372,9 @@ async def reconcile(
         now=now(),
         cached=reads.cached(DEPLOYMENT),
     )
+    # A model whose cache is still downloading gets no pods: none would find its files.
     options = dataclasses.replace(
-        options, canary=canary.plan, stable_replicas=canary.stable_replicas
+        options, canary=canary.plan, stable_replicas=0 if waiting else canary.stable_replicas
     )
     surge = await canary_control.surge_room(
         kube, owner, canary.stable_spec, options, cached=reads.cached(DEPLOYMENT)
@@ -367,9 +407,10 @@ async def reconcile(
         skipped=rendered.skipped,
     )
     startup = startup_seconds(pods)
-    conditions = merge_conditions(
-        previous, observed.conditions + canary.conditions, generation, now()
-    )
+    current = observed.conditions + canary.conditions
+    if cache is not None:
+        current = _with_cache(current, cache, waiting=waiting)
+    conditions = merge_conditions(previous, current, generation, now())
     status = status_of(
         ModelDeploymentStatus.model_validate(
             {
@@ -383,7 +424,7 @@ async def reconcile(
                 "ready": f"{observed.ready_replicas}/{observed.desired_replicas}",
                 "selector": instance_selector(name),
                 "url": service_url(owner, spec.service.port),
-                "resolved": rendered.resolved,
+                "resolved": _resolved(rendered, cache),
                 # Kept while no pod is ready to measure; absent until one has been.
                 "measuredStartupSeconds": (
                     measured if startup is None else round_up_startup(startup)
@@ -431,6 +472,9 @@ class Reconciler:
     children's and pods') thus becomes one reconcile, never two running side by side.
     """
 
+    # The kind this queue reconciles (its children are named by their instance label).
+    OWN_KIND: tuple[str, str] = (API_VERSION, KIND)
+
     def __init__(
         self,
         kube: Kube,
@@ -458,7 +502,7 @@ class Reconciler:
             raise RuntimeError("noticing watch events needs a Kube with a cache")
         metadata = item["metadata"]
         namespace = metadata.get("namespace", "")
-        own = (api_version, kind) == (API_VERSION, KIND)
+        own = (api_version, kind) == self.OWN_KIND
         owner = metadata["name"] if own else (metadata.get("labels") or {}).get(LABEL_INSTANCE)
         if event_type == "DELETED":
             changed = self.kube.cache.remove(api_version, kind, item)

@@ -40,6 +40,9 @@ E2E_BUCKETS = (
     30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 ENV_PREFIX = "MODELPLANE_"
+# `modelplane-server download --progress-port`: where a ModelCache's download serves its progress.
+DOWNLOAD_PROGRESS_PORT = 8090
+DOWNLOAD_PROGRESS_PATH = "/progress"
 
 # Endpoints must be removed from the Service before the server stops admitting work.
 PRE_STOP_SLEEP_SECONDS = 5

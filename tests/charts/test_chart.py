@@ -110,19 +110,23 @@ def test_log_level_and_health_port_come_from_values(helm: Path) -> None:
     assert "operator.logLevel" in bad.stderr or "/operator/logLevel" in bad.stderr
 
 
+CRDS = ("modeldeployments.modelplane.io", "modelcaches.modelplane.io")
+
+
 def adopt_kept_crd(cluster: Cluster, release: str, namespace: str) -> None:
-    """What charts/modelplane/README.md tells users to do before re-installing over a kept CRD."""
-    crd = "crd/modeldeployments.modelplane.io"
-    if cluster.kubectl("get", crd, check=False).returncode != 0:
-        return
-    cluster.kubectl(
-        "annotate",
-        crd,
-        "--overwrite",
-        f"meta.helm.sh/release-name={release}",
-        f"meta.helm.sh/release-namespace={namespace}",
-    )
-    cluster.kubectl("label", crd, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+    """What charts/modelplane/README.md tells users to do before re-installing over kept CRDs."""
+    for name in CRDS:
+        crd = f"crd/{name}"
+        if cluster.kubectl("get", crd, check=False).returncode != 0:
+            continue
+        cluster.kubectl(
+            "annotate",
+            crd,
+            "--overwrite",
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+        )
+        cluster.kubectl("label", crd, "--overwrite", "app.kubernetes.io/managed-by=Helm")
 
 
 @pytest.fixture(scope="module")
@@ -347,5 +351,6 @@ def test_uninstall_keeps_the_crd(helm: Path, installed: tuple[Cluster, str, str]
     uninstall = run_helm(helm, "uninstall", "mp", "-n", namespace, "--wait", env=cluster.env)
     assert uninstall.returncode == 0, uninstall.stderr
     assert cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout == ""
-    crd = cluster.kubectl("get", "crd", "modeldeployments.modelplane.io", check=False)
-    assert crd.returncode == 0, "uninstall deleted the CRD (and with it every ModelDeployment)"
+    for name in CRDS:
+        crd = cluster.kubectl("get", "crd", name, check=False)
+        assert crd.returncode == 0, f"uninstall deleted {name} (and every object of it)"

@@ -31,7 +31,7 @@ from testsupport import Cluster, cluster_env, wait_for
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
+CRD_DIR = ROOT / "crds"  # both CRDs; `kubectl apply -f` skips crds/samples/
 RBAC = ROOT / "tests" / "operator" / "operator-rbac.yaml"
 NAMESPACE = "test-chaos"
 SYSTEM = "modelplane-system"
@@ -136,8 +136,9 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
         logs=directory,
     )
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
         cluster.wait_established("modeldeployments.modelplane.io")
+        cluster.wait_established("modelcaches.modelplane.io")
         cluster.kubectl("apply", "-f", str(RBAC))
         for name in (SYSTEM, NAMESPACE):
             cluster.kubectl("create", "namespace", name)

@@ -103,3 +103,45 @@ def explain(cluster: Cluster, field: str) -> str:
 def test_kubectl_explain_teaches_the_api(cluster: Cluster) -> None:
     assert "nvidia.com/gpu.product" in explain(cluster, "modeldeployment.spec.accelerator.type")
     assert "HorizontalPodAutoscaler" in explain(cluster, "md.spec.autoscaling")
+
+
+CACHE_CRD = ROOT / "crds" / "modelcaches.modelplane.io.yaml"
+
+
+def cache_manifest(spec: dict[str, Any]) -> str:
+    body = {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelCache",
+        "metadata": {"name": "probe"},
+        "spec": spec,
+    }
+    return yaml.safe_dump(body)
+
+
+def test_model_caches_are_validated_and_the_sample_is_defaulted(
+    cluster: Cluster, namespace: str
+) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CACHE_CRD))
+    cluster.wait_established("modelcaches.modelplane.io")
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-o", "json",
+        "-f", str(ROOT / "crds" / "samples" / "modelcache.yaml"),
+    )  # fmt: skip
+    spec = json.loads(result.stdout)["spec"]
+    assert spec["source"]["revision"] == "main"
+    assert spec["image"].startswith("ghcr.io/modelplane/modelplane-server:")
+    refused = [
+        ({"source": {"uri": "s3://bucket/model"}}, "spec.source.uri"),
+        ({"source": {"uri": "hf://org/repo"}, "storage": {"size": "lots"}}, "spec.storage.size"),
+        (
+            {
+                "source": {"uri": "hf://org/repo"},
+                "storage": {"existingClaim": "weights", "storageClassName": "fast"},
+            },
+            "existingClaim and storageClassName",
+        ),
+    ]
+    for spec_patch, words in refused:
+        code, output = server_dry_run(cluster, namespace, cache_manifest(spec_patch))
+        assert code != 0, spec_patch
+        assert words in output, output

@@ -22,7 +22,7 @@ import localcluster
 from testsupport import Cluster, namespace_name, operator_thread
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
+CRD_DIR = ROOT / "crds"  # both CRDs; `kubectl apply -f` skips crds/samples/
 
 
 def _env(kubeconfig: Path) -> dict[str, str]:
@@ -55,8 +55,9 @@ def dataplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
         state = own.up(nodes=2, components=localcluster.COMPONENTS)
     try:
         plane = _dataplane(state)
-        plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+        plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
         plane.wait_established("modeldeployments.modelplane.io")
+        plane.wait_established("modelcaches.modelplane.io")
         yield plane
     finally:
         if own is not None:

@@ -21,7 +21,8 @@ from modelplane_operator.settings import OperatorSettings
 from testsupport import Cluster, operator_thread
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "modeldeployments.modelplane.io.yaml"
+# Both CRDs (ModelDeployment, ModelCache): `kubectl apply -f crds/` skips crds/samples/.
+CRD_DIR = ROOT / "crds"
 TEST_NAMESPACES = "test-*"
 # Rendered into KEDA ScaledObjects; no Prometheus answers there in the k8s tier (nor need it: KEDA
 # itself does not run, the apiserver validates what the operator renders against KEDA's CRD).
@@ -32,8 +33,9 @@ RULE_LABELS = {"release": "modelplane-tests"}
 @pytest.fixture(scope="session")
 def modeldeployment_crd(cluster: Cluster) -> None:
     """The CRD, server-side applied (idempotent) and established."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
     cluster.wait_established("modeldeployments.modelplane.io")
+    cluster.wait_established("modelcaches.modelplane.io")
 
 
 @dataclass

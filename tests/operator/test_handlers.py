@@ -78,6 +78,11 @@ async def test_a_new_leaders_first_pass_is_retried_until_the_list_succeeds() -> 
                 raise ApiError(status=Status(code=429, message="storage is (re)initializing"))
             return [{"metadata": {"name": "m", "namespace": "test-a"}}]
 
+        async def list_model_caches(
+            self, namespace: str | None, *, cached: bool = False
+        ) -> list[dict[str, object]]:
+            return []
+
     context = handlers.OperatorContext(settings=OperatorSettings(namespaces=["test-*"]))
     context.reconciler = Reconciler(Listing(cast(AsyncClient, None), cache=ObjectCache()))
     await handlers._until_listed(context, Reads.API, 0.01, logging.getLogger("test"))

@@ -163,3 +163,19 @@ def test_the_operators_default_limits_are_the_servers() -> None:
             spec.max_queue,
             spec.drain_timeout_seconds,
         ) == tuple(operator.values())
+
+
+def test_the_download_serves_its_progress_where_the_operator_reads_it() -> None:
+    from modelplane_server.progress_server import PROGRESS_PATH
+
+    assert server_contract.DOWNLOAD_PROGRESS_PATH == PROGRESS_PATH
+    args = render_model_cache_args()
+    assert f"--progress-port={server_contract.DOWNLOAD_PROGRESS_PORT}" in args
+
+
+def render_model_cache_args() -> list[str]:
+    from modelplane_operator.model_cache_api import ModelCacheSpec
+    from modelplane_operator.render.model_cache import download_args
+
+    spec = ModelCacheSpec.model_validate({"source": {"uri": "hf://org/repo"}})
+    return download_args(spec)

@@ -25,6 +25,7 @@ class Owner:
     name: str
     namespace: str
     uid: str | None = None
+    kind: str = KIND  # the owner's kind: a ModelDeployment, or a ModelCache for its children
 
 
 @dataclass(frozen=True)
@@ -58,22 +59,28 @@ class CanaryPlan:
     header: HeaderMatch | None = None
 
 
-def metadata(owner: Owner, name: str | None = None, variant: Variant | None = None) -> ObjectMeta:
-    """A child's metadata: its name (default: the owner's), our labels (plus the variant's, for a
-    variant's own child), the controller owner reference."""
+def metadata(
+    owner: Owner,
+    name: str | None = None,
+    variant: Variant | None = None,
+    labels: dict[str, str] | None = None,
+) -> ObjectMeta:
+    """A child's metadata: its name (default: the owner's), our labels (`labels`, else a
+    ModelDeployment's; plus the variant's, for a variant's own child), the controller owner
+    reference."""
     references = None
     if owner.uid:
         references = [
             OwnerReference(
                 apiVersion=API_VERSION,
-                kind=KIND,
+                kind=owner.kind,
                 name=owner.name,
                 uid=owner.uid,
                 controller=True,
                 blockOwnerDeletion=True,
             )
         ]
-    labels = child_labels(owner.name)
+    labels = dict(labels) if labels is not None else child_labels(owner.name)
     if variant is not None:
         labels[VARIANT_LABEL] = variant
     return ObjectMeta(
