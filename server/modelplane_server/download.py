@@ -424,8 +424,8 @@ def parse_request(argv: Sequence[str]) -> DownloadRequest:
         "--progress-linger-seconds",
         type=float,
         default=0.0,
-        help="keep serving the final progress this long after a success (so a reader polling "
-        "every few seconds sees the totals and the commit)",
+        help="after a success, keep serving the final progress until it has been read once, at "
+        "most this long (so a reader polling every few seconds sees the totals and the commit)",
     )
     args = parser.parse_args(list(argv))
     try:
@@ -456,9 +456,10 @@ def parse_request(argv: Sequence[str]) -> DownloadRequest:
 
 def download_command(argv: Sequence[str]) -> int:
     request = parse_request(argv)
+    server = None
     if request.progress_port is not None:
         progress_file = CacheDir(request.target).progress_path
-        serve_progress(request.progress_host, request.progress_port, progress_file)
+        server = serve_progress(request.progress_host, request.progress_port, progress_file)
     try:
         manifest = download(request)
     except DownloadError as failure:
@@ -469,6 +470,7 @@ def download_command(argv: Sequence[str]) -> int:
         f"{manifest['totalBytes']} bytes in {request.target}",
         flush=True,
     )
-    if request.progress_port is not None:
-        time.sleep(request.progress_linger_seconds)
+    if server is not None:
+        # Until a reader has seen the totals and the commit, at most this long.
+        server.final_read.wait(request.progress_linger_seconds)
     return 0

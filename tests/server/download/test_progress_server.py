@@ -24,6 +24,11 @@ def test_progress_is_served_as_the_file_says_now(tmp_path: Path) -> None:
         progress.write_text(json.dumps({"phase": "Downloading", "bytesDone": 7}))
         with DIRECT.open(f"{url}/progress", timeout=5) as response:
             assert json.load(response) == {"phase": "Downloading", "bytesDone": 7}
+        assert not server.final_read.is_set()
+        progress.write_text(json.dumps({"phase": "Complete", "bytesDone": 9, "bytesTotal": 9}))
+        with DIRECT.open(f"{url}/progress", timeout=5) as response:
+            assert json.load(response)["phase"] == "Complete"
+        assert server.final_read.is_set()  # the download may exit now
         with pytest.raises(urllib.error.HTTPError) as missing:
             DIRECT.open(f"{url}/other", timeout=5)
         assert missing.value.code == 404
