@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from modelplane_operator.models import (
     CanaryStatus,
     CheckResult,
     ModelDeploymentSpec,
+    ModelSource,
 )
 from modelplane_operator.names import (
     CANARY,
@@ -282,8 +284,12 @@ async def decide(
     options: RenderOptions,
     now: str,
     cached: bool,
+    cached_model: Callable[[ModelSource], ModelSource] | None = None,
+    model_waiting: bool = False,
 ) -> CanaryOutcome:
-    """The canary's plan for this reconcile (none without spec.canary)."""
+    """The canary's plan for this reconcile (none without spec.canary). `cached_model`: how the
+    canary's own model comes from its ModelCache; `model_waiting`: that cache is not ready, so
+    the canary gets no pods yet."""
     canary = spec.canary
     if canary is None:
         events: list[Event] = []
@@ -297,6 +303,8 @@ async def decide(
         status = progress.start(revision, canary, now)
         started.append(("Normal", "CanaryStarted", f"canary revision {revision}"))
     canary_spec = variants.canary_spec(spec, canary)
+    if cached_model is not None:
+        canary_spec = canary_spec.model_copy(update={"model": cached_model(canary_spec.model)})
     live_canary = await kube.get(
         DEPLOYMENT, deployment_name(owner.name, CANARY), owner.namespace, cached=cached
     )
@@ -340,7 +348,7 @@ async def decide(
         else (canary.replicas or variants.ratio_replicas(stable_count, target))
     )
     replicas, borrowed, capacity_condition = 0, 0, None
-    if status.phase not in progress.FINAL_PHASES:
+    if status.phase not in progress.FINAL_PHASES and not model_waiting:
         replicas, borrowed, capacity_condition = await _fit(
             kube, owner, spec, status, wanted=wanted, live_canary=live_canary
         )

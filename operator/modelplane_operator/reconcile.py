@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -263,6 +264,37 @@ async def _retire_orphaned(
             outcome.applied.append(f"{REPLICA_SET.kind}/{name}")
 
 
+@dataclass(frozen=True)
+class Caches:
+    """The ModelCaches a ModelDeployment's variants use: the spec with stable's model as its cache
+    holds it, stable's cache (and whether its pods must wait for it), the canary's own."""
+
+    spec: ModelDeploymentSpec
+    stable: model_cache_use.CacheUse | None
+    waiting: bool
+    canary: model_cache_use.CacheUse | None
+
+
+async def _caches(
+    kube: Kube, namespace: str, spec: ModelDeploymentSpec, body: Object, reads: Reads
+) -> Caches:
+    resolved_before = (body.get("status") or {}).get("resolved") or {}
+    cached = reads is not Reads.API
+    cache = await model_cache_use.resolve(
+        kube, namespace, spec.model, resolved_before, cached=cached
+    )
+    waiting = cache is not None and not cache.ready and cache.condition.reason not in KEEP_SERVING
+    if cache is not None and cache.claim is not None:
+        spec = spec.model_copy(update={"model": model_cache_use.cached_model(spec.model, cache)})
+    # A canary with a model of its own has its own cache, if any (stable's otherwise).
+    canary_cache = None
+    if spec.canary is not None and spec.canary.model is not None:
+        canary_cache = await model_cache_use.resolve(
+            kube, namespace, spec.canary.model, {}, cached=cached
+        )
+    return Caches(spec, cache, waiting, canary_cache)
+
+
 # A cache in use that is going away: running pods keep its claim, so nothing is scaled down.
 KEEP_SERVING = ("CacheDeleted", "CacheNotFound")
 
@@ -351,17 +383,8 @@ async def reconcile(
     options = dataclasses.replace(
         options, installed_crds=installed, measured_startup_seconds=measured
     )
-    resolved_before = (body.get("status") or {}).get("resolved") or {}
-    cache = await model_cache_use.resolve(
-        kube,
-        namespace,
-        spec.model,
-        resolved_before,
-        cached=reads is not Reads.API,
-    )
-    waiting = cache is not None and not cache.ready and cache.condition.reason not in KEEP_SERVING
-    if cache is not None and cache.claim is not None:
-        spec = spec.model_copy(update={"model": model_cache_use.cached_model(spec.model, cache)})
+    caches = await _caches(kube, namespace, spec, body, reads)
+    spec, cache, waiting, canary_cache = caches.spec, caches.stable, caches.waiting, caches.canary
     canary = await canary_control.decide(
         kube,
         prometheus,
@@ -371,6 +394,10 @@ async def reconcile(
         options=options,
         now=now(),
         cached=reads.cached(DEPLOYMENT),
+        cached_model=None
+        if canary_cache is None
+        else functools.partial(model_cache_use.cached_model, use=canary_cache),
+        model_waiting=canary_cache is not None and not canary_cache.ready,
     )
     # A model whose cache is still downloading gets no pods: none would find its files.
     options = dataclasses.replace(

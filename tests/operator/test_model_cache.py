@@ -254,3 +254,32 @@ async def test_a_cache_going_away_leaves_running_pods_on_its_claim_and_says_so()
     going = condition(fake.body, "ModelCacheReady")
     assert (going["status"], going["reason"]) == ("False", "CacheNotFound")
     assert "running pods keep claim smollm2" in going["message"]
+
+
+async def test_a_canary_of_a_new_revision_uses_its_own_cache_once_ready() -> None:
+    body = md_body()
+    v2 = {**SOURCE, "revision": "v2"}
+    body["spec"]["canary"] = {"model": {**v2, "cacheRef": "smollm2-v2"}, "replicas": 1}
+    fake = FakeKube(body)
+    fake.caches[("models", "smollm2")] = ready_cache()
+    downloading = cache_body(source=v2)
+    downloading["metadata"]["name"] = "smollm2-v2"
+    downloading["status"] = {"phase": "Downloading", "claimName": "smollm2-v2"}
+    fake.caches[("models", "smollm2-v2")] = downloading
+    await reconcile(as_kube(fake), fake.body)
+    # The canary's cache downloads: no canary pod yet, stable on its own cache.
+    assert fake.objects[("Deployment", "models", "chat-canary")]["spec"]["replicas"] == 0
+    stable = fake.objects[("Deployment", "models", "chat")]["spec"]["template"]["spec"]
+    assert stable["volumes"][0]["persistentVolumeClaim"]["claimName"] == "smollm2"
+    ready_v2 = ready_cache()
+    ready_v2["metadata"]["name"] = "smollm2-v2"
+    ready_v2["spec"]["source"] = v2
+    ready_v2["status"]["claimName"] = "smollm2-v2"
+    fake.caches[("models", "smollm2-v2")] = ready_v2
+    revision = fake.body["status"]["canary"]["revision"]
+    await reconcile(as_kube(fake), fake.body)
+    canary = fake.objects[("Deployment", "models", "chat-canary")]["spec"]
+    assert canary["replicas"] == 1
+    volume = canary["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert volume["claimName"] == "smollm2-v2"
+    assert fake.body["status"]["canary"]["revision"] == revision  # the same canary, not a new one
