@@ -134,25 +134,12 @@ def http_route() -> dict[str, Any]:
     }
 
 
-def measure(state: localcluster.ClusterState) -> dict[str, Any]:  # noqa: PLR0915  # one run
-    import subprocess
-
+def measure(state: localcluster.ClusterState) -> dict[str, Any]:
     kubeconfig = Path(state.kubeconfig)
     gateway, prom = state.endpoints["gateway"], state.endpoints["prometheus"]
-    common.kubectl(
-        kubeconfig, "apply", "--server-side", "--force-conflicts",
-        "-f", str(common.ROOT / "crds"),
-    )  # fmt: skip
-    common.wait_established(kubeconfig, "modeldeployments.modelplane.io")
+    common.install_crds(kubeconfig)
     common.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
-    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    log = (STATE_DIR / "operator.log").open("w")
-    operator = subprocess.Popen(
-        [str(common.ROOT / ".venv/bin/modelplane-operator"), "run", "--namespace", NAMESPACE],
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    operator = common.start_operator(kubeconfig, NAMESPACE, STATE_DIR / "operator.log")
     try:
         document = json.dumps({"kind": "List", "apiVersion": "v1",
                                "items": [model_deployment(), http_route()]})  # fmt: skip

@@ -89,6 +89,25 @@ def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None) -> str:
     return result.stdout
 
 
+def install_crds(kubeconfig: Path) -> None:
+    """Both CRDs (`kubectl apply -f crds/` skips crds/samples/), established."""
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    wait_established(kubeconfig, "modeldeployments.modelplane.io")
+    wait_established(kubeconfig, "modelcaches.modelplane.io")
+
+
+def start_operator(kubeconfig: Path, namespace: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """`modelplane-operator run` in its own process, watching `namespace`, logging to a file."""
+    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    log = log_path.open("w")
+    return subprocess.Popen(
+        [str(ROOT / ".venv/bin/modelplane-operator"), "run", "--namespace", namespace],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def wait_established(kubeconfig: Path, crd: str, timeout: float = 60) -> None:
     """Until the CRD is Established (polled: `kubectl wait` fails at once while a fresh CRD has
     no status.conditions yet)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,20 +96,9 @@ def objects(endpoint: str) -> list[dict[str, Any]]:
 
 def measure(state: localcluster.ClusterState, hub_mbps: float) -> dict[str, Any]:
     kubeconfig = Path(state.kubeconfig)
-    common.kubectl(
-        kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(common.ROOT / "crds")
-    )
-    common.wait_established(kubeconfig, "modeldeployments.modelplane.io")
-    common.wait_established(kubeconfig, "modelcaches.modelplane.io")
+    common.install_crds(kubeconfig)
     common.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
-    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    log = (STATE_DIR / "operator.log").open("w")
-    operator = subprocess.Popen(
-        [str(common.ROOT / ".venv/bin/modelplane-operator"), "run", "--namespace", NAMESPACE],
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    operator = common.start_operator(kubeconfig, NAMESPACE, STATE_DIR / "operator.log")
     try:
         # 127.0.0.1 of the cluster's own network namespace, where the local kubelet's pods run.
         with serving([embedded_repo(SMOLLM2)]) as hub:

@@ -194,24 +194,33 @@ def _ready_condition(field: str) -> str:
     return f'.status.conditions[?(@.type=="Ready")].{field}'
 
 
-def custom_resource_definition() -> dict[str, Any]:
-    """The whole CRD object."""
+def envelope(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    schema: Schema,
+    subresources: dict[str, Any],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A CustomResourceDefinition of this API group: one served and stored version."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/part-of": "modelplane"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(CATEGORIES),
             },
             "versions": [
@@ -219,69 +228,80 @@ def custom_resource_definition() -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": [
-                        {
-                            "name": "Ready",
-                            "type": "string",
-                            "jsonPath": _ready_condition("status"),
-                            "description": "Whether the model serves at the desired scale.",
-                        },
-                        {
-                            "name": "Reason",
-                            "type": "string",
-                            "jsonPath": _ready_condition("reason"),
-                            "description": "Why it is (not) ready.",
-                        },
-                        {
-                            "name": "Replicas",
-                            "type": "string",
-                            "jsonPath": ".status.ready",
-                            "description": "Ready/desired replicas.",
-                        },
-                        {
-                            "name": "Model",
-                            "type": "string",
-                            "jsonPath": ".spec.model.uri",
-                            "description": "The model URI.",
-                        },
-                        {
-                            "name": "GPU",
-                            "type": "string",
-                            "jsonPath": ".status.gpu",
-                            "description": "GPUs per replica and their type.",
-                        },
-                        {
-                            "name": "Canary",
-                            "type": "string",
-                            "jsonPath": ".status.canary.summary",
-                            "description": "The canary's weight and step, or how it ended.",
-                        },
-                        {
-                            "name": "URL",
-                            "type": "string",
-                            "jsonPath": ".status.url",
-                            "priority": 1,
-                            "description": "In-cluster URL of the OpenAI-compatible API.",
-                        },
-                        {
-                            "name": "Age",
-                            "type": "date",
-                            "jsonPath": ".metadata.creationTimestamp",
-                        },
-                    ],
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": columns,
                 }
             ],
         },
     }
+
+
+def custom_resource_definition() -> dict[str, Any]:
+    """The whole CRD object."""
+    scale = {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    return envelope(
+        kind=KIND,
+        plural=PLURAL,
+        singular=SINGULAR,
+        short_names=SHORT_NAMES,
+        schema=openapi_schema(),
+        subresources={"status": {}, "scale": scale},
+        columns=[
+            {
+                "name": "Ready",
+                "type": "string",
+                "jsonPath": _ready_condition("status"),
+                "description": "Whether the model serves at the desired scale.",
+            },
+            {
+                "name": "Reason",
+                "type": "string",
+                "jsonPath": _ready_condition("reason"),
+                "description": "Why it is (not) ready.",
+            },
+            {
+                "name": "Replicas",
+                "type": "string",
+                "jsonPath": ".status.ready",
+                "description": "Ready/desired replicas.",
+            },
+            {
+                "name": "Model",
+                "type": "string",
+                "jsonPath": ".spec.model.uri",
+                "description": "The model URI.",
+            },
+            {
+                "name": "GPU",
+                "type": "string",
+                "jsonPath": ".status.gpu",
+                "description": "GPUs per replica and their type.",
+            },
+            {
+                "name": "Canary",
+                "type": "string",
+                "jsonPath": ".status.canary.summary",
+                "description": "The canary's weight and step, or how it ended.",
+            },
+            {
+                "name": "URL",
+                "type": "string",
+                "jsonPath": ".status.url",
+                "priority": 1,
+                "description": "In-cluster URL of the OpenAI-compatible API.",
+            },
+            {
+                "name": "Age",
+                "type": "date",
+                "jsonPath": ".metadata.creationTimestamp",
+            },
+        ],
+    )
 
 
 def render_yaml() -> str:

@@ -296,31 +296,27 @@ async def _until_listed(context: OperatorContext, reads: Reads, pause: float, lo
 
 
 async def _enqueue_all(context: OperatorContext, reads: Reads, logger: Any) -> bool:
-    """Queue every watched ModelDeployment (the resync, and a new leader's first pass); False
-    when a listing failed (refused, unreachable, timed out: the next pass will do)."""
+    """Queue every watched ModelDeployment and ModelCache (the resync, and a new leader's first
+    pass); False when a listing failed (refused, unreachable, timed out: the next pass will do)."""
     patterns = list(context.settings.namespaces)
+    kube = context.active.kube
+    listings = (
+        ("ModelDeployments", kube.list_model_deployments, context.active),
+        ("ModelCaches", kube.list_model_caches, context.active_caches),
+    )
     listed = True
     for scope in _listing_scopes(patterns):
-        try:
-            bodies = await context.active.kube.list_model_deployments(scope)
-        except Exception as error:
-            logger.warning(f"could not list ModelDeployments: {error}")
-            listed = False
-            continue
-        for body in bodies:
-            metadata = body["metadata"]
-            if _watched(metadata["namespace"], patterns):
-                context.active.enqueue(metadata["namespace"], metadata["name"], reads)
-        try:
-            caches = await context.active.kube.list_model_caches(scope)
-        except Exception as error:
-            logger.warning(f"could not list ModelCaches: {error}")
-            listed = False
-            continue
-        for body in caches:
-            metadata = body["metadata"]
-            if _watched(metadata["namespace"], patterns):
-                context.active_caches.enqueue(metadata["namespace"], metadata["name"], reads)
+        for what, listing, queue in listings:
+            try:
+                bodies = await listing(scope)
+            except Exception as error:
+                logger.warning(f"could not list {what}: {error}")
+                listed = False
+                continue
+            for body in bodies:
+                metadata = body["metadata"]
+                if _watched(metadata["namespace"], patterns):
+                    queue.enqueue(metadata["namespace"], metadata["name"], reads)
     return listed
 
 

@@ -324,37 +324,6 @@ class Kube:
         self._crds[name] = (self._clock(), installed)
         return installed
 
-    async def get_model_deployment(
-        self, namespace: str, name: str, *, cached: bool = False
-    ) -> Object | None:
-        """A ModelDeployment, or None when it is gone; `cached`: as the cache holds it, reading
-        the API only when the cache holds nothing."""
-        if cached and self.cache is not None:
-            held = self.cache.get(API_VERSION, KIND, namespace, name)
-            if held is not None:
-                return held
-        try:
-            body = to_object(
-                await self.client.get(ModelDeploymentResource, name, namespace=namespace)
-            )
-        except ApiError as error:
-            if error.status.code == NOT_FOUND:
-                return None
-            raise
-        self._keep(API_VERSION, KIND, body)
-        return body
-
-    async def list_model_deployments(self, namespace: str | None) -> list[Object]:
-        """ModelDeployments in one namespace, or in all of them when namespace is None."""
-        scope = "*" if namespace is None else namespace
-        bodies = [
-            to_object(item)
-            async for item in self.client.list(ModelDeploymentResource, namespace=scope)
-        ]
-        for body in bodies:
-            self._keep(API_VERSION, KIND, body)
-        return bodies
-
     async def post_event(self, owner: Object, event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event about a ModelDeployment (what `kubectl describe` lists). Best effort:
         a failure is logged, never raised, so an event can never fail a reconcile."""
@@ -390,17 +359,48 @@ class Kube:
         except Exception as error:  # best effort by design: status already says it all
             logger.warning("could not post a %s event for %s: %s", reason, metadata["name"], error)
 
-    async def apply_status(self, name: str, namespace: str, status: Object) -> None:
-        """Server-side apply of the status subresource: fields we stop sending disappear."""
+    # --- Our own custom resources: ModelDeployments and ModelCaches -------------------------
+
+    async def _get_own(
+        self, resource: Any, kind: str, namespace: str, name: str, *, cached: bool
+    ) -> Object | None:
+        """One of our resources, or None when it is gone; `cached`: as the cache holds it,
+        reading the API only when the cache holds nothing."""
+        api_version = f"{GROUP}/{VERSION}"
+        if cached and self.cache is not None:
+            held = self.cache.get(api_version, kind, namespace, name)
+            if held is not None:
+                return held
+        try:
+            body = to_object(await self.client.get(resource, name, namespace=namespace))
+        except ApiError as error:
+            if error.status.code == NOT_FOUND:
+                return None
+            raise
+        self._keep(api_version, kind, body)
+        return body
+
+    async def _list_own(self, resource: Any, kind: str, namespace: str | None) -> list[Object]:
+        """Our resources of one kind in a namespace, or in all of them when namespace is None."""
+        scope = "*" if namespace is None else namespace
+        bodies = [to_object(item) async for item in self.client.list(resource, namespace=scope)]
+        for body in bodies:
+            self._keep(f"{GROUP}/{VERSION}", kind, body)
+        return bodies
+
+    async def _apply_own_status(
+        self, resource: Any, kind: str, name: str, namespace: str, status: Object
+    ) -> None:
+        """Server-side apply of a status subresource: fields we stop sending disappear."""
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
+            "kind": kind,
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
         written = await self._retrying(
             lambda: self.client.patch(
-                ModelDeploymentResource.Status,
+                resource.Status,
                 name,
                 body,
                 namespace=namespace,
@@ -410,58 +410,37 @@ class Kube:
             )
         )
         # Held at once: a reconcile before the watch echoes this write compares against it.
-        self._keep(API_VERSION, KIND, to_object(written))
+        self._keep(f"{GROUP}/{VERSION}", kind, to_object(written))
+
+    async def get_model_deployment(
+        self, namespace: str, name: str, *, cached: bool = False
+    ) -> Object | None:
+        """A ModelDeployment, or None when it is gone."""
+        return await self._get_own(ModelDeploymentResource, KIND, namespace, name, cached=cached)
+
+    async def list_model_deployments(self, namespace: str | None) -> list[Object]:
+        """ModelDeployments in one namespace, or in all of them when namespace is None."""
+        return await self._list_own(ModelDeploymentResource, KIND, namespace)
+
+    async def apply_status(self, name: str, namespace: str, status: Object) -> None:
+        """Server-side apply of a ModelDeployment's status."""
+        await self._apply_own_status(ModelDeploymentResource, KIND, name, namespace, status)
 
     async def get_model_cache(
         self, namespace: str, name: str, *, cached: bool = False
     ) -> Object | None:
-        """A ModelCache, or None when there is none; `cached`: as the cache holds it (the API
-        when the cache holds nothing)."""
-        if cached and self.cache is not None:
-            held = self.cache.get(CACHE_API_VERSION, CACHE_KIND, namespace, name)
-            if held is not None:
-                return held
-        try:
-            body = to_object(await self.client.get(ModelCacheResource, name, namespace=namespace))
-        except ApiError as error:
-            if error.status.code == NOT_FOUND:
-                return None
-            raise
-        self._keep(CACHE_API_VERSION, CACHE_KIND, body)
-        return body
+        """A ModelCache, or None when there is none."""
+        return await self._get_own(ModelCacheResource, CACHE_KIND, namespace, name, cached=cached)
 
     async def list_model_caches(
         self, namespace: str | None, *, cached: bool = False
     ) -> list[Object]:
         """ModelCaches in one namespace (all of them when None); `cached`: as the cache holds
-        them (a namespace's, which the watch keeps)."""
+        a namespace's (the watch keeps them)."""
         if cached and self.cache is not None and namespace is not None:
             return self.cache.in_namespace(CACHE_API_VERSION, CACHE_KIND, namespace)
-        scope = "*" if namespace is None else namespace
-        bodies = [
-            to_object(item) async for item in self.client.list(ModelCacheResource, namespace=scope)
-        ]
-        for body in bodies:
-            self._keep(CACHE_API_VERSION, CACHE_KIND, body)
-        return bodies
+        return await self._list_own(ModelCacheResource, CACHE_KIND, namespace)
 
     async def apply_cache_status(self, name: str, namespace: str, status: Object) -> None:
-        """Server-side apply of a ModelCache's status subresource."""
-        body = {
-            "apiVersion": CACHE_API_VERSION,
-            "kind": CACHE_KIND,
-            "metadata": {"name": name, "namespace": namespace},
-            "status": status,
-        }
-        written = await self._retrying(
-            lambda: self.client.patch(
-                ModelCacheResource.Status,
-                name,
-                body,
-                namespace=namespace,
-                patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER,
-                force=True,
-            )
-        )
-        self._keep(CACHE_API_VERSION, CACHE_KIND, to_object(written))
+        """Server-side apply of a ModelCache's status."""
+        await self._apply_own_status(ModelCacheResource, CACHE_KIND, name, namespace, status)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from modelplane_operator.crd import condition_list, model_schema
+from modelplane_operator.crd import condition_list, envelope, model_schema
 from modelplane_operator.model_cache_api import (
     KIND,
     PLURAL,
@@ -18,7 +18,7 @@ from modelplane_operator.model_cache_api import (
     ModelCacheSpec,
     ModelCacheStatus,
 )
-from modelplane_operator.models import CATEGORIES, GROUP, VERSION
+from modelplane_operator.models import GROUP
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
@@ -59,33 +59,15 @@ def custom_resource_definition() -> dict[str, Any]:
         _column("Model", ".spec.source.uri", "The repository."),
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "modelplane"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
-                "categories": list(CATEGORIES),
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                }
-            ],
-        },
-    }
+    return envelope(
+        kind=KIND,
+        plural=PLURAL,
+        singular=SINGULAR,
+        short_names=SHORT_NAMES,
+        schema=schema,
+        subresources={"status": {}},
+        columns=columns,
+    )
 
 
 def render_yaml() -> str:

@@ -67,6 +67,7 @@ async def test_a_new_leaders_first_pass_is_retried_until_the_list_succeeds() -> 
     from lightkube import ApiError
     from lightkube.models.meta_v1 import Status
 
+    from modelplane_operator.model_cache_reconcile import CacheReconciler
     from modelplane_operator.reconcile import Reads
 
     class Listing(Kube):
@@ -84,7 +85,9 @@ async def test_a_new_leaders_first_pass_is_retried_until_the_list_succeeds() -> 
             return []
 
     context = handlers.OperatorContext(settings=OperatorSettings(namespaces=["test-*"]))
-    context.reconciler = Reconciler(Listing(cast(AsyncClient, None), cache=ObjectCache()))
+    kube = Listing(cast(AsyncClient, None), cache=ObjectCache())
+    context.reconciler = Reconciler(kube)
+    context.caches = CacheReconciler(kube)
     await handlers._until_listed(context, Reads.API, 0.01, logging.getLogger("test"))
     assert Listing.calls == 2
     assert not context.reconciler.idle  # test-a/m is queued
