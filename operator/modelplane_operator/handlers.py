@@ -3,7 +3,9 @@
 kopf is our watch multiplexer, not our state machine: every event of a ModelDeployment and of its
 Deployments, Pods, Services, HPAs and PDBs (selected by our managed-by label) goes to
 `Reconciler.notice`, which keeps the object in the cache and queues the owner's reconcile when
-something changed. There are no kopf change handlers (create/update/resume), so kopf writes
+something changed; a ModelCache's events and its claim's, Job's and download pods' go to the
+`CacheReconciler` the same way, and a cache whose status changed re-queues its namespace's
+ModelDeployments. There are no kopf change handlers (create/update/resume), so kopf writes
 nothing of its own to ModelDeployments (no last-handled-configuration, no progress, no
 finalizers); level-based reconciles need none of it, and retries are the work queue's.
 
