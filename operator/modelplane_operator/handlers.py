@@ -183,6 +183,9 @@ def _notice(memo: Any, api_version: str, kind: str, event: Any) -> None:
     labels = item["metadata"].get("labels") or {}
     if kind == CACHE_KIND or labels.get(LABEL_NAME) == CACHE_APP_NAME:
         context.active_caches.notice(api_version, kind, event.get("type"), item)
+        if kind == CACHE_KIND and event.get("type") == "DELETED":
+            # Its ModelDeployments say it is gone (no reconcile of it follows a deletion).
+            _requeue_namespace(context, item["metadata"].get("namespace", ""))
     else:
         context.active.notice(api_version, kind, event.get("type"), item)
 

@@ -91,3 +91,23 @@ async def test_a_new_leaders_first_pass_is_retried_until_the_list_succeeds() -> 
     await handlers._until_listed(context, Reads.API, 0.01, logging.getLogger("test"))
     assert Listing.calls == 2
     assert not context.reconciler.idle  # test-a/m is queued
+
+
+async def test_a_deleted_model_cache_requeues_its_namespaces_model_deployments() -> None:
+    from modelplane_operator.model_cache_api import API_VERSION as CACHE_API_VERSION
+    from modelplane_operator.model_cache_api import KIND as CACHE_KIND
+    from modelplane_operator.model_cache_reconcile import CacheReconciler
+
+    context = handlers.OperatorContext(settings=OperatorSettings(namespaces=["test-*"]))
+    cache = ObjectCache()
+    kube = Kube(cast(AsyncClient, None), cache=cache)
+    context.reconciler, context.caches = Reconciler(kube), CacheReconciler(kube)
+    memo = kopf.Memo(context=context)
+    md = {"metadata": {"name": "chat", "namespace": "test-a", "resourceVersion": "1"}}
+    cache.put(API_VERSION, KIND, md)
+    body = {"metadata": {"name": "smollm2", "namespace": "test-a", "resourceVersion": "2"}}
+    handlers._notice(memo, CACHE_API_VERSION, CACHE_KIND, {"type": "ADDED", "object": body})
+    assert context.reconciler.idle
+    handlers._notice(memo, CACHE_API_VERSION, CACHE_KIND, {"type": "DELETED", "object": body})
+    assert not context.reconciler.idle  # test-a/chat is queued: its cache is gone
+    await context.caches.close()
