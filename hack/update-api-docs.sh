@@ -6,3 +6,5 @@ source hack/lib.sh
 
 "${VENV}/bin/python" -m modelplane_operator.api_docs > docs/api.md
 log "wrote docs/api.md"
+"${VENV}/bin/python" -m modelplane_operator.api_docs ModelCache > docs/api-modelcache.md
+log "wrote docs/api-modelcache.md"

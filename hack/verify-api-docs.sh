@@ -8,4 +8,6 @@ generated="$(mktemp)"
 trap 'rm -f "${generated}"' EXIT
 "${VENV}/bin/python" -m modelplane_operator.api_docs > "${generated}"
 diff -u docs/api.md "${generated}" || die "docs/api.md is stale: run hack/update-api-docs.sh"
-log "docs/api.md is up to date"
+"${VENV}/bin/python" -m modelplane_operator.api_docs ModelCache > "${generated}"
+diff -u docs/api-modelcache.md "${generated}" || die "docs/api-modelcache.md is stale: run hack/update-api-docs.sh"
+log "docs/api.md and docs/api-modelcache.md are up to date"

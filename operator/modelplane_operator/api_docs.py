@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from modelplane_operator import crd
+from modelplane_operator import crd, model_cache_crd
 from modelplane_operator.models import API_VERSION, KIND
 
 Schema = dict[str, Any]
@@ -103,8 +104,25 @@ def rows(schema: Schema, path: str, required: bool = False) -> list[Row]:
     return found
 
 
-def render() -> str:
-    definition = crd.custom_resource_definition()
+# Each CRD's reference: where its CRD comes from, its API module, its samples.
+REFERENCES: dict[str, tuple[Callable[[], dict[str, Any]], str, tuple[str, ...]]] = {
+    "ModelDeployment": (
+        crd.custom_resource_definition,
+        "operator/modelplane_operator/models.py",
+        ("minimal", "full", "canary"),
+    ),
+    "ModelCache": (
+        model_cache_crd.custom_resource_definition,
+        "operator/modelplane_operator/model_cache_api.py",
+        ("modelcache",),
+    ),
+}
+
+
+def render(kind: str = KIND) -> str:
+    """One CRD's reference, as docs/api.md (ModelDeployment) or docs/api-modelcache.md shows it."""
+    build, source, samples = REFERENCES[kind]
+    definition = build()
     (version,) = definition["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]
     environment = jinja2.Environment(
@@ -116,7 +134,9 @@ def render() -> str:
     )
     return environment.get_template("api.md.j2").render(
         api_version=API_VERSION,
-        kind=KIND,
+        kind=definition["spec"]["names"]["kind"],
+        source=source,
+        samples=samples,
         names=definition["spec"]["names"],
         scope=definition["spec"]["scope"],
         object_rules=_rules(schema),
@@ -127,7 +147,8 @@ def render() -> str:
 
 
 def main() -> None:
-    sys.stdout.write(render())
+    """Print one reference: `python -m modelplane_operator.api_docs [ModelCache]`."""
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else KIND))
 
 
 if __name__ == "__main__":

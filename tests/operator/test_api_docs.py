@@ -45,3 +45,16 @@ def test_constraints_say_what_the_apiserver_enforces() -> None:
 
 def test_the_checked_in_reference_is_current() -> None:
     assert DOCS.read_text() == api_docs.render()
+
+
+def test_the_model_cache_reference_documents_every_field_and_is_current() -> None:
+    from modelplane_operator import model_cache_crd
+
+    (version,) = model_cache_crd.custom_resource_definition()["spec"]["versions"]
+    cache_schema = version["schema"]["openAPIV3Schema"]
+    text = api_docs.render("ModelCache")
+    for row in api_docs.rows(cache_schema["properties"]["spec"], "spec")[1:]:
+        assert f"`{row.path}`" in text, row.path
+        assert row.description, row.path
+    docs = Path(__file__).resolve().parents[2] / "docs" / "api-modelcache.md"
+    assert docs.read_text() == text
