@@ -147,27 +147,35 @@ def condition_list(status: Schema) -> None:
     conditions["items"]["properties"]["lastTransitionTime"]["format"] = "date-time"
 
 
-def openapi_schema() -> Schema:
-    """The v1alpha1 version's openAPIV3Schema."""
-    spec = model_schema(ModelDeploymentSpec)
-    status = model_schema(ModelDeploymentStatus)
-    condition_list(status)
+def object_schema(kind: str, description: str, spec: Schema, status: Schema) -> Schema:
+    """The top of one of our kinds' openAPIV3Schema: apiVersion, kind, metadata, spec, status."""
     return {
         "type": "object",
-        "description": (
-            "A ModelDeployment serves one model behind an OpenAI-compatible API on a fleet of "
-            "batching inference servers, with GPUs, probes, autoscaling and disruption budgets "
-            "configured for model serving."
-        ),
+        "description": description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "API version: modelplane.io/v1alpha1."},
-            "kind": {"type": "string", "description": "ModelDeployment."},
+            "apiVersion": {"type": "string", "description": f"API version: {GROUP}/{VERSION}."},
+            "kind": {"type": "string", "description": f"{kind}."},
             # The apiserver forbids anything but the type here (metadata is implicitly specified).
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
+    }
+
+
+def openapi_schema() -> Schema:
+    """The v1alpha1 version's openAPIV3Schema."""
+    spec = model_schema(ModelDeploymentSpec)
+    status = model_schema(ModelDeploymentStatus)
+    condition_list(status)
+    described = (
+        "A ModelDeployment serves one model behind an OpenAI-compatible API on a fleet of "
+        "batching inference servers, with GPUs, probes, autoscaling and disruption budgets "
+        "configured for model serving."
+    )
+    return {
+        **object_schema(KIND, described, spec, status),
         "x-kubernetes-validations": [
             {
                 "rule": (

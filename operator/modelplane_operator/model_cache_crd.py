@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from modelplane_operator.crd import condition_list, envelope, model_schema
+from modelplane_operator.crd import condition_list, envelope, model_schema, object_schema
 from modelplane_operator.model_cache_api import (
     KIND,
     PLURAL,
@@ -35,21 +35,11 @@ def custom_resource_definition() -> dict[str, Any]:
     """The whole CRD object."""
     status = model_schema(ModelCacheStatus)
     condition_list(status)
-    schema = {
-        "type": "object",
-        "description": (
-            "A ModelCache downloads one revision of a model once into a PersistentVolumeClaim "
-            "that every replica and variant of the ModelDeployments using it mounts read-only."
-        ),
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": "API version: modelplane.io/v1alpha1."},
-            "kind": {"type": "string", "description": "ModelCache."},
-            "metadata": {"type": "object"},
-            "spec": model_schema(ModelCacheSpec),
-            "status": status,
-        },
-    }
+    described = (
+        "A ModelCache downloads one revision of a model once into a PersistentVolumeClaim "
+        "that every replica and variant of the ModelDeployments using it mounts read-only."
+    )
+    schema = object_schema(KIND, described, model_schema(ModelCacheSpec), status)
     columns = [
         _column("Ready", _ready("status"), "Whether the model is downloaded."),
         _column("Reason", _ready("reason"), "Why it is (not) ready."),
