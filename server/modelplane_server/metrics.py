@@ -85,7 +85,34 @@ class _EngineStateCollector(Collector):
             "(--max-batch-size x context length), 0..1: long contexts fill it before the batch.",
         )
         steps = CounterMetricFamily(f"{PREFIX}_engine_steps", "Generation forward steps run.")
+        prefix_queries = CounterMetricFamily(
+            f"{PREFIX}_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache (hit rate = hits / queries).",
+        )
+        prefix_hits = CounterMetricFamily(
+            f"{PREFIX}_prefix_cache_hits",
+            "Prompt tokens whose keys and values came from the prefix cache, not a prefill.",
+        )
+        prefix_evictions = CounterMetricFamily(
+            f"{PREFIX}_prefix_cache_evictions",
+            "Prefix cache blocks dropped, least recently used first, to stay in "
+            "--prefix-cache-tokens.",
+        )
+        prefix_tokens = GaugeMetricFamily(
+            f"{PREFIX}_prefix_cache_tokens", "Prompt-prefix tokens held in the prefix cache."
+        )
+        prefix_bytes = GaugeMetricFamily(
+            f"{PREFIX}_prefix_cache_bytes",
+            "Memory of the prefix cache's keys and values (tokens x layers x key and value).",
+        )
+        prefix = (prefix_queries, prefix_hits, prefix_evictions, prefix_tokens, prefix_bytes)
         if stats is not None:
+            cache = stats.prefix_cache
+            prefix_queries.add_metric([], cache.queries_tokens)
+            prefix_hits.add_metric([], cache.hit_tokens)
+            prefix_evictions.add_metric([], cache.evicted_blocks)
+            prefix_tokens.add_metric([], cache.cached_tokens)
+            prefix_bytes.add_metric([], cache.cached_bytes)
             capacity = max(stats.kv_cache_capacity_tokens, 1)
             kv_usage.add_metric([], stats.kv_cache_tokens / capacity)
             running.add_metric([], stats.running)
@@ -95,6 +122,7 @@ class _EngineStateCollector(Collector):
             waiting_tokens.add_metric([], stats.waiting_prompt_tokens)
             steps.add_metric([], stats.steps_total)
         yield from (running, waiting, queue_depth, batch_fill, kv_usage, waiting_tokens, steps)
+        yield from prefix
         ready = GaugeMetricFamily(
             f"{PREFIX}_server_ready", "1 when the models are loaded and the server admits work."
         )

@@ -17,8 +17,10 @@ from modelplane_server.engine.contract import (
     DEFAULT_EMBEDDING_MAX_WAIT_MS,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_PREFILL_TOKENS,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_TOKENS,
+    DEFAULT_PREFIX_CACHE_TOKENS,
     EmbeddingConfig,
     GenerationConfig,
 )
@@ -65,6 +67,20 @@ class ServerSettings(BaseSettings):
     )
     max_batch_tokens: int = Field(
         DEFAULT_MAX_BATCH_TOKENS, ge=1, description="token budget of one step (prefill + decode)"
+    )
+    max_prefill_tokens: int = Field(
+        DEFAULT_MAX_PREFILL_TOKENS,
+        ge=1,
+        description="most prompt tokens prefilled in one step, so one step (and the running "
+        "streams' inter-token latency) stays short while newcomers arrive; longer prompts are "
+        "prefilled in chunks",
+    )
+    prefix_cache_tokens: int = Field(
+        DEFAULT_PREFIX_CACHE_TOKENS,
+        ge=0,
+        description="automatic prefix caching: prompt-prefix tokens whose keys and values are "
+        "kept for later requests that start the same way (least recently used first out); "
+        "0 disables",
     )
     max_wait_ms: float = Field(
         DEFAULT_EMBEDDING_MAX_WAIT_MS,
@@ -122,6 +138,8 @@ class ServerSettings(BaseSettings):
             device=self.device,
             max_batch_size=self.max_batch_size,
             max_batch_tokens=self.max_batch_tokens,
+            max_prefill_tokens=self.max_prefill_tokens,
+            prefix_cache_tokens=self.prefix_cache_tokens,
             max_queue=self.max_queue,
             max_queue_tokens=self.max_queue_tokens,
         )

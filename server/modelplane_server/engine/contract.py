@@ -27,6 +27,11 @@ class FinishReason(enum.StrEnum):
 # flags') come from here. The operator's model of the server is tested against the settings.
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_BATCH_TOKENS = 4096
+# Most prompt tokens prefilled in one step (newcomers and a long prompt's chunk together), so a
+# step's time, and with it the running streams' inter-token latency, stays bounded (BENCHMARKS.md).
+DEFAULT_MAX_PREFILL_TOKENS = 512
+# Prompt-prefix keys and values kept between requests (model/prefix_cache.py); 0 disables.
+DEFAULT_PREFIX_CACHE_TOKENS = 8192
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_QUEUE_TOKENS = 262_144
 DEFAULT_EMBEDDING_MAX_BATCH_SIZE = 32
@@ -45,6 +50,8 @@ class GenerationConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
+    prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS
     max_queue: int = DEFAULT_MAX_QUEUE
     max_queue_tokens: int = DEFAULT_MAX_QUEUE_TOKENS
 
@@ -183,6 +190,18 @@ class RequestStats:
 
 
 @dataclass(frozen=True)
+class PrefixCacheStats:
+    """The prefix cache's counters (monotonic) and size (now), like vLLM's `prefix_cache_*`."""
+
+    queries_tokens: int = 0  # prompt tokens looked up
+    hit_tokens: int = 0  # of those, tokens whose keys and values were reused
+    cached_tokens: int = 0
+    cached_bytes: int = 0
+    capacity_tokens: int = 0  # --prefix-cache-tokens
+    evicted_blocks: int = 0
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """A snapshot for /stats and the gauges."""
 
@@ -197,6 +216,7 @@ class EngineStats:
     # (--max-batch-size x the model's context length).
     kv_cache_tokens: int = 0
     kv_cache_capacity_tokens: int = 0
+    prefix_cache: PrefixCacheStats = field(default_factory=PrefixCacheStats)
 
 
 class EngineObserver(Protocol):

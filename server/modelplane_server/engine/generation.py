@@ -24,6 +24,9 @@ Documented choices:
 - A prompt must leave room for one generated token: `len(prompt) >= context_length` is rejected with
   `PromptTooLongError` (its `limit` is the context length); otherwise `max_tokens` is capped to what
   fits and the cap ends with LENGTH.
+- A step prefills at most `max_prefill_tokens` prompt tokens (newcomers and a chunk together), so
+  a burst of arrivals is spread over several steps and the running streams' inter-token latency
+  stays bounded. Tokens the prefix cache holds are not counted: they are not computed.
 - A prompt that does not fit the step's remaining budget is prefilled in chunks over several steps
   (one such prompt at a time, chunks of at least 64 tokens) while the running rows keep decoding,
   so a long prompt neither waits forever nor stalls every stream for one huge step.
@@ -209,4 +212,5 @@ class ContinuousBatchingEngine:
             recent_batch_sizes=self._steps.recent_batch_sizes,
             kv_cache_tokens=self._steps.kv_tokens,
             kv_cache_capacity_tokens=self._config.max_batch_size * self.context_length,
+            prefix_cache=self._runner.prefix_cache_stats(),
         )

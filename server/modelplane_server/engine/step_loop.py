@@ -131,16 +131,31 @@ class StepLoop:
         self.notify(lambda observer: observer.on_step(stats))
         return True
 
+    def _prefill_budget(self, prefill_tokens: int) -> int:
+        """Prompt tokens this step may still prefill: what the step's token budget leaves after
+        one decode token per running row, and at most `max_prefill_tokens` in all, so a burst of
+        newcomers is spread over steps instead of stalling every running stream for one long one."""
+        config = self._config
+        return min(
+            config.max_batch_tokens - len(self._running) - prefill_tokens,
+            config.max_prefill_tokens - prefill_tokens,
+        )
+
+    def _cached_tokens(self, sequence: GenerationSequence) -> int:
+        return self._runner.cached_prefix_tokens(sequence.request.prompt_token_ids)
+
     def _admit(self) -> list[GenerationSequence]:
         config = self._config
         admitted, chunked = self.waiting.admit(
-            budget=config.max_batch_tokens - len(self._running),
+            budget=self._prefill_budget(0),
             free_rows=config.max_batch_size - len(self._running),
             chunking=self._chunking is not None,
+            cached_tokens=self._cached_tokens,
         )
         if chunked is not None:
             # Too long for this step: prefill it in chunks over the next steps, so the running
-            # rows keep decoding and no step exceeds the budget.
+            # rows keep decoding and no step exceeds the budget. Its cached prefix is skipped.
+            chunked.prefilled = self._cached_tokens(chunked)
             chunked.admitted_at = self._clock()
             self._running[chunked.seq_id] = chunked
             self._chunking = chunked
@@ -152,9 +167,11 @@ class StepLoop:
         if sequence.state is not SequenceState.RUNNING:  # cancelled or timed out meanwhile
             self._chunking = None
             return 0
-        budget = self._config.max_batch_tokens - len(self._running) - prefill_tokens
         start = sequence.prefilled
-        end = min(sequence.prompt_tokens, start + max(budget, _MIN_CHUNK))
+        smallest = min(_MIN_CHUNK, self._config.max_prefill_tokens)
+        end = min(
+            sequence.prompt_tokens, start + max(self._prefill_budget(prefill_tokens), smallest)
+        )
         try:
             token = self._runner.prefill_chunk(
                 sequence.seq_id,
@@ -180,6 +197,11 @@ class StepLoop:
             sequence.admitted_at = started
             self._running[sequence.seq_id] = sequence
         seq_ids = [sequence.seq_id for sequence in newcomers]
+        # What the step computes: the prompts less their cached prefixes (looked up before the
+        # prefill, which may add blocks).
+        computed = sum(
+            sequence.prompt_tokens - self._cached_tokens(sequence) for sequence in newcomers
+        )
         try:
             tokens = self._runner.prefill(
                 seq_ids,
@@ -195,7 +217,7 @@ class StepLoop:
         logprobs = self._runner.take_logprobs()
         for sequence, token in zip(newcomers, tokens, strict=True):
             self._accept_token(sequence, token, now, logprobs.get(sequence.seq_id))
-        return sum(sequence.prompt_tokens for sequence in newcomers)
+        return computed
 
     def _decode(self) -> int:
         if self._finished_rows:

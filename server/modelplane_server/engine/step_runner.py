@@ -8,7 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from modelplane_server.engine.contract import SampledLogprob, SamplingParams, Tokenizing
+from modelplane_server.engine.contract import (
+    PrefixCacheStats,
+    SampledLogprob,
+    SamplingParams,
+    Tokenizing,
+)
 
 
 class StepRunner(Protocol):
@@ -26,7 +31,15 @@ class StepRunner(Protocol):
         self, seq_id: int, prompt: Sequence[int], params: SamplingParams, start: int, end: int
     ) -> int | None:
         """Prefill prompt[start:end] of one long prompt; on its last chunk, add the sequence to
-        the running batch and return its first token (None before that)."""
+        the running batch and return its first token (None before that). The first chunk may
+        start at the prompt's cached prefix (`cached_prefix_tokens`)."""
+
+    def cached_prefix_tokens(self, prompt: Sequence[int]) -> int:
+        """How many leading tokens of the prompt its prefill would take from the prefix cache
+        now (admission counts only the rest against the step's budget)."""
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """The prefix cache's counters and size (read from any thread: a snapshot, not exact)."""
 
     def decode(self) -> tuple[list[int], list[int]]:
         """One token for every running sequence: (sequence ids, tokens), aligned."""

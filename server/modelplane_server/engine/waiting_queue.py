@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections.abc import Callable
 
 from modelplane_server.engine.contract import NotAcceptingError
 from modelplane_server.engine.sequence import GenerationSequence, SequenceState
@@ -52,12 +53,17 @@ class WaitingQueue:
             return reason, message, self.count
 
     def admit(
-        self, budget: int, free_rows: int, chunking: bool
+        self,
+        budget: int,
+        free_rows: int,
+        chunking: bool,
+        cached_tokens: Callable[[GenerationSequence], int] = lambda _: 0,
     ) -> tuple[list[GenerationSequence], GenerationSequence | None]:
-        """Take the next sequences whose prompts (plus one decode token each) fit `budget`, at
-        most `free_rows`, marking them running. When the first that does not fit comes first
-        (nothing admitted, no prompt being chunked), it is taken too, as the second result: too
-        long for one step, it is prefilled in chunks over the next steps."""
+        """Take the next sequences whose prompts (plus one decode token each, less what the
+        prefix cache holds of them) fit `budget`, at most `free_rows`, marking them running.
+        When the first that does not fit comes first (nothing admitted, no prompt being
+        chunked), it is taken too, as the second result: too long for one step, it is prefilled
+        in chunks over the next steps."""
         admitted: list[GenerationSequence] = []
         cost = 0
         with self._lock:
@@ -68,7 +74,7 @@ class WaitingQueue:
                     continue
                 # A newcomer costs its prompt plus its first decode token. The runner groups
                 # prompts by length, so padding stays small and is not counted.
-                cost += sequence.prompt_tokens + 1
+                cost += sequence.prompt_tokens - cached_tokens(sequence) + 1
                 if cost > budget and (admitted or chunking):
                     break
                 heapq.heappop(self._heap)

@@ -3,6 +3,7 @@ people and the load tool (Prometheus reads `/metrics`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from modelplane_server.openai.admission import Admission
@@ -38,6 +39,8 @@ def server_stats(admission: Admission, http_in_flight: int) -> dict[str, Any]:
         "max_batch_size": stats.max_batch_size,
         "recent_batch_sizes": recent,
         "mean_recent_batch_size": round(sum(recent) / len(recent), 2) if recent else None,
+        "kv_cache_usage": round(stats.kv_cache_tokens / max(stats.kv_cache_capacity_tokens, 1), 4),
+        "prefix_cache": dataclasses.asdict(stats.prefix_cache),
     }
     if engines.embedding is not None:
         result["embedding"] = {

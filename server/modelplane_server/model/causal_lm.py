@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from modelplane_server.engine.contract import SampledLogprob, SamplingParams
-from modelplane_server.model.kv_cache import SlotKVCache
+from modelplane_server.engine.contract import PrefixCacheStats, SampledLogprob, SamplingParams
+from modelplane_server.model.kv_cache import SlotKVCache, prefilled_states
+from modelplane_server.model.prefix_cache import CachedBlock, PrefixCache, concatenated
 from modelplane_server.model.sampling import RowProcessor, SamplingState
 
 # Most padding a prefill group may carry, as a fraction of its real prompt tokens.
@@ -77,6 +78,8 @@ class CausalLMRunner:
         max_batch_size: int,
         context_length: int,
         eos_token_ids: Iterable[int] = (),
+        *,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         check_supported(model.config)
         # What `min_tokens` holds back, with each request's stop ids (unless it ignores EOS).
@@ -88,6 +91,7 @@ class CausalLMRunner:
         self.kv_cache = SlotKVCache(
             model.config, device, self._sampling, max_batch_size, context_length
         )
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         # Long prompts being prefilled chunk by chunk, each in its own cache until it joins.
         self._partial: dict[int, DynamicCache] = {}
 
@@ -108,18 +112,43 @@ class CausalLMRunner:
     ) -> list[int]:
         """Prefill newcomers, add them to the running batch; return their first tokens.
 
-        Prompts are prefilled in groups of similar length (one forward per group) so that padding
-        stays under `_PREFILL_PADDING_SLACK` of the real tokens: on CPU a padded token costs as much
-        as a real one, and one 128-token prompt would otherwise pad thirty 32-token ones to 128.
+        A prompt that starts with cached blocks (`prefix_cache`) prefills only the rest, on its own
+        (its choices, for `n > 1`, together). The others are prefilled in groups of similar length
+        (one forward per group) so that padding stays under `_PREFILL_PADDING_SLACK` of the real
+        tokens: on CPU a padded token costs as much as a real one, and one 128-token prompt would
+        otherwise pad thirty 32-token ones to 128.
         """
         tokens = [0] * len(prompts)
-        for group in _length_groups([len(prompt) for prompt in prompts]):
-            group_tokens = self._prefill_group(
-                [seq_ids[index] for index in group],
-                [prompts[index] for index in group],
-                [params[index] for index in group],
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            by_prompt.setdefault(tuple(prompt), []).append(index)
+        uncached: list[int] = []
+        for prompt, indices in by_prompt.items():
+            blocks = self.prefix_cache.match(prompt)
+            if not blocks:
+                uncached.extend(indices)
+                continue
+            cache = self._seeded_cache(blocks)
+            logits = self._extend(cache, prompt, cache.get_seq_length(), len(prompt))
+            self._store_prefix(prompt, cache, 0, 0)
+            first = self._join(
+                [seq_ids[index] for index in indices],
+                [prompts[index] for index in indices],
+                [params[index] for index in indices],
+                cache,
+                logits,
             )
-            for index, token in zip(group, group_tokens, strict=True):
+            for index, token in zip(indices, first, strict=True):
+                tokens[index] = token
+        lengths = [len(prompts[index]) for index in uncached]
+        for group in _length_groups(lengths):
+            members = [uncached[position] for position in group]
+            group_tokens = self._prefill_group(
+                [seq_ids[index] for index in members],
+                [prompts[index] for index in members],
+                [params[index] for index in members],
+            )
+            for index, token in zip(members, group_tokens, strict=True):
                 tokens[index] = token
         return tokens
 
@@ -130,9 +159,46 @@ class CausalLMRunner:
         """Prefill prompt[start:end]; after the last chunk the sequence joins the batch.
 
         The chunks extend a private cache exactly as one long prefill would (positions and the
-        causal mask continue from `start`), so the result does not depend on the chunking.
+        causal mask continue from `start`), so the result does not depend on the chunking. The
+        first chunk's cache starts with the prompt's cached prefix; whatever the cache already
+        holds is not computed again, so a `start` inside the cached prefix (or beyond what was
+        still cached, should a block have gone) is safe.
         """
-        cache = self._partial.setdefault(seq_id, DynamicCache(config=self._model.config))
+        cache = self._partial.get(seq_id)
+        if cache is None:
+            cache = self._seeded_cache(self.prefix_cache.match(prompt))
+            self._partial[seq_id] = cache
+        done = cache.get_seq_length()
+        if end <= done and end < len(prompt):
+            return None
+        logits = self._extend(cache, prompt, done, end)
+        if end < len(prompt):
+            return None
+        del self._partial[seq_id]
+        self._store_prefix(prompt, cache, 0, 0)
+        return self._join([seq_id], [prompt], [params], cache, logits)[0]
+
+    def cached_prefix_tokens(self, prompt: Sequence[int]) -> int:
+        """How many of the prompt's tokens the prefix cache holds now (counts no query)."""
+        return self.prefix_cache.peek(prompt)
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return self.prefix_cache.stats()
+
+    def _seeded_cache(self, blocks: Sequence[CachedBlock]) -> DynamicCache:
+        """A one-row prefill cache holding these cached blocks' keys and values."""
+        cache = DynamicCache(config=self._model.config)
+        if blocks:
+            keys, values = concatenated(blocks)
+            for layer in range(keys.shape[0]):
+                # Copied in: the running batch must never share a tensor with the prefix cache.
+                cache.update(keys[layer].clone(), values[layer].clone(), layer)
+        return cache
+
+    def _extend(
+        self, cache: DynamicCache, prompt: Sequence[int], start: int, end: int
+    ) -> torch.Tensor:
+        """Prefill prompt[start:end] on top of the one-row `cache`; the last position's logits."""
         extra: dict[str, Any] = {"logits_to_keep": 1} if self._keeps_last_logits else {}
         output = self._model(
             input_ids=torch.tensor([list(prompt[start:end])], dtype=torch.long).to(self._device),
@@ -142,21 +208,69 @@ class CausalLMRunner:
             use_cache=True,
             **extra,
         )
-        if end < len(prompt):
-            return None
-        del self._partial[seq_id]
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+    def _store_prefix(
+        self, prompt: Sequence[int], cache: DynamicCache, row: int, offset: int
+    ) -> None:
+        if self.prefix_cache.enabled:
+            keys, values = prefilled_states(cache)
+            self.prefix_cache.store(prompt, keys, values, row, offset)
+
+    def _join(
+        self,
+        seq_ids: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        cache: DynamicCache,
+        logits: torch.Tensor,
+    ) -> list[int]:
+        """Move one prefilled prompt (one row of `cache`) into the running batch, once per
+        sequence (the choices of an `n > 1` request share it), and sample the first tokens."""
+        count = len(seq_ids)
+        width = len(prompts[0])
+        if count > 1:
+            rows = torch.zeros(count, dtype=torch.long, device=self._device)
+            logits = logits.index_select(0, rows)
+            _copy_rows(cache, rows)
+        return self._merge_and_sample(
+            seq_ids,
+            prompts,
+            params,
+            lengths=[width] * count,
+            width=width,
+            attention=torch.ones((count, width), dtype=torch.long, device=self._device),
+            cache=cache,
+            logits=logits,
+        )
+
+    def _merge_and_sample(
+        self,
+        seq_ids: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        *,
+        lengths: list[int],
+        width: int,
+        attention: torch.Tensor,
+        cache: DynamicCache,
+        logits: torch.Tensor,
+    ) -> list[int]:
         first_row = self.kv_cache.merge(
-            seq_ids=[seq_id],
-            params=[params],
-            processors=[self._processor(params, prompt)],
-            lengths=[end],
-            width=end,
-            attention=torch.ones((1, end), dtype=torch.long, device=self._device),
+            seq_ids=seq_ids,
+            params=params,
+            processors=[
+                self._processor(p, prompt) for p, prompt in zip(params, prompts, strict=True)
+            ],
+            lengths=lengths,
+            width=width,
+            attention=attention,
             prefill_cache=cache,
         )
-        token = self._sampling.sample(output.logits[:, -1, :], first_row)
-        self.kv_cache.last_tokens[first_row] = token[0]
-        return int(token[0])
+        tokens = self._sampling.sample(logits, first_row)
+        self.kv_cache.last_tokens[first_row : first_row + len(seq_ids)] = tokens
+        return [int(token) for token in tokens.tolist()]
 
     def _processor(self, params: SamplingParams, prompt: Sequence[int]) -> RowProcessor | None:
         if not RowProcessor.needed(params):
@@ -198,24 +312,22 @@ class CausalLMRunner:
             **extra,
         )
         logits = output.logits[:, -1, :]
+        for row, prompt in enumerate(distinct):
+            self._store_prefix(prompt, prefill_cache, row, width - len(prompt))
         if len(distinct) < len(prompts):
             rows = torch.tensor(source, device=self._device)
             logits, attention = logits.index_select(0, rows), attention.index_select(0, rows)
             _copy_rows(prefill_cache, rows)
-        first_row = self.kv_cache.merge(
-            seq_ids=seq_ids,
-            params=params,
-            processors=[
-                self._processor(p, prompt) for p, prompt in zip(params, prompts, strict=True)
-            ],
+        return self._merge_and_sample(
+            seq_ids,
+            prompts,
+            params,
             lengths=lengths,
             width=width,
             attention=attention,
-            prefill_cache=prefill_cache,
+            cache=prefill_cache,
+            logits=logits,
         )
-        tokens = self._sampling.sample(logits, first_row)
-        self.kv_cache.last_tokens[first_row : first_row + len(prompts)] = tokens
-        return [int(token) for token in tokens.tolist()]
 
     @torch.inference_mode()
     def decode(self) -> tuple[list[int], list[int]]:

@@ -82,7 +82,7 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transform
         return -1
 
 
-def _prefilled_states(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def prefilled_states(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     for layer in cache.layers:
@@ -178,7 +178,7 @@ class SlotKVCache:
         if first_row == 0:
             # An empty batch starts where these prompts just fit, leaving the rest for decoding.
             self.window.start = self.window.end = width
-        layer_keys, layer_values = _prefilled_states(prefill_cache)
+        layer_keys, layer_values = prefilled_states(prefill_cache)
         self.reserve(first_row + count, width, 1, like=(layer_keys[0], layer_values[0]))
         window = self.window
         end = window.end

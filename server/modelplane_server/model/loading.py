@@ -274,7 +274,12 @@ def load_generation_engine(
     )
     eos_token_ids = _eos_token_ids(model, tokenizer)
     runner = CausalLMRunner(
-        model, device, config.max_batch_size, codec.context_length, eos_token_ids
+        model,
+        device,
+        config.max_batch_size,
+        codec.context_length,
+        eos_token_ids,
+        prefix_cache_tokens=config.prefix_cache_tokens,
     )
     _report(progress, "warming up")
     warm_up_prompt = codec.encode("Hello")

@@ -99,6 +99,8 @@ def test_settings_build_the_engine_configs(tmp_path: Path) -> None:
             "--device=cuda:1",
             "--max-batch-size=8",
             "--max-batch-tokens=1024",
+            "--max-prefill-tokens=256",
+            "--prefix-cache-tokens=0",
             "--max-queue=10",
             "--max-queue-tokens=5000",
             "--embedding-model=/models/minilm",
@@ -114,6 +116,8 @@ def test_settings_build_the_engine_configs(tmp_path: Path) -> None:
         device="cuda:1",
         max_batch_size=8,
         max_batch_tokens=1024,
+        max_prefill_tokens=256,
+        prefix_cache_tokens=0,
         max_queue=10,
         max_queue_tokens=5000,
     )

@@ -226,6 +226,11 @@ DOCUMENTED_METRICS = [
     "modelplane_kv_cache_usage",
     "modelplane_num_waiting_prompt_tokens",
     "modelplane_engine_steps_total",
+    "modelplane_prefix_cache_queries_total",
+    "modelplane_prefix_cache_hits_total",
+    "modelplane_prefix_cache_evictions_total",
+    "modelplane_prefix_cache_tokens",
+    "modelplane_prefix_cache_bytes",
     "modelplane_server_ready",
     "modelplane_server_draining",
     "modelplane_request_queue_time_seconds_bucket",
@@ -294,7 +299,7 @@ def test_batch_fill_is_running_over_the_max_batch_size() -> None:
     """The autoscaling signal for batching servers (docs/server-contract.md): 1 means full."""
     from prometheus_client import generate_latest
 
-    from modelplane_server.engine.contract import EngineStats
+    from modelplane_server.engine.contract import EngineStats, PrefixCacheStats
 
     metrics = Metrics()
     metrics.stats_source = lambda: EngineStats(
@@ -306,10 +311,23 @@ def test_batch_fill_is_running_over_the_max_batch_size() -> None:
         max_batch_size=32,
         kv_cache_tokens=2048,
         kv_cache_capacity_tokens=32 * 256,
+        prefix_cache=PrefixCacheStats(
+            queries_tokens=1000,
+            hit_tokens=640,
+            cached_tokens=256,
+            cached_bytes=4096,
+            capacity_tokens=8192,
+            evicted_blocks=2,
+        ),
     )
     text = generate_latest(metrics.registry).decode()
     assert sample(text, "modelplane_batch_fill") == 0.75
     assert sample(text, "modelplane_kv_cache_usage") == 0.25
+    assert sample(text, "modelplane_prefix_cache_queries_total") == 1000
+    assert sample(text, "modelplane_prefix_cache_hits_total") == 640
+    assert sample(text, "modelplane_prefix_cache_evictions_total") == 2
+    assert sample(text, "modelplane_prefix_cache_tokens") == 256
+    assert sample(text, "modelplane_prefix_cache_bytes") == 4096
     assert sample(text, "modelplane_queue_depth") == 3
 
 

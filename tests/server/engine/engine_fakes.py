@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from modelplane_server.engine.contract import (
+    PrefixCacheStats,
     RequestStats,
     SampledLogprob,
     SamplingParams,
@@ -80,6 +81,12 @@ class FakeRunner:
         self._generated[seq_id] = 0
         self._order.append(seq_id)
         return self._next(seq_id)
+
+    def cached_prefix_tokens(self, prompt: Sequence[int]) -> int:
+        return 0
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return PrefixCacheStats()
 
     def decode(self) -> tuple[list[int], list[int]]:
         self._pause()

@@ -169,6 +169,20 @@ async def test_token_budget_limits_the_prefill_of_one_step() -> None:
     assert [step.prefill_tokens for step in observer.steps] == [16, 8]
 
 
+async def test_max_prefill_tokens_spreads_a_burst_over_steps() -> None:
+    # Well inside the step's token budget, the prefill cap still admits two 8-token prompts a step
+    # (9 each with its first decode), so no step stalls the running rows for the whole burst.
+    engine, runner, observer = make_engine(
+        max_batch_tokens=4096, max_prefill_tokens=20, max_batch_size=8
+    )
+    await engine.start()
+    streams = [engine.generate(request(f"r{i}", "x" * 8, max_tokens=2)) for i in range(5)]
+    await asyncio.gather(*(collect(stream) for stream in streams))
+    await engine.stop(5)
+    assert runner.prefills == [[0, 1], [2, 3], [4]]
+    assert max(step.prefill_tokens for step in observer.steps) <= 20
+
+
 async def test_a_prompt_over_the_budget_is_prefilled_in_chunks_while_others_decode() -> None:
     engine, runner, observer = make_engine(
         FakeRunner(step_delay_s=0.001), max_batch_tokens=80, context_length=1024
