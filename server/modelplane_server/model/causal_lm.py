@@ -1,8 +1,10 @@
 """The causal LM runner: forward passes over the running batch, the engine's `StepRunner`.
 
 Newcomers are prefilled in left-padded mini-batches of similar prompt length (a long prompt chunk by
-chunk), then join the running batch, whose rows live in a `kv_cache.SlotKVCache`; one decode step
-is one `[rows, 1]` forward over it. Full attention only: sliding-window and linear-attention layers
+chunk; a prompt that starts with blocks of the `prefix_cache.PrefixCache` on top of them, prefilling
+only the rest), then join the running batch, whose rows live in a `kv_cache.SlotKVCache`; one decode
+step is one `[rows, 1]` forward over it. Every prefill leaves its prompt's blocks in the prefix
+cache. Full attention only: sliding-window and linear-attention layers
 are refused at load time.
 
 Every method runs on one thread (the engine's step thread, or the loader before it starts), under
