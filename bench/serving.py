@@ -177,6 +177,13 @@ def commands(model_dir: str, urls: dict[str, str]) -> dict[str, tuple[list[str],
                 "cpu",
                 "--log-level",
                 "warning",
+                # Left to itself on CPU it sizes its paged KV cache from the machine's memory
+                # (13 GB RSS here, which starved the machine); 512 blocks x 32 tokens hold 32
+                # requests of up to 512 tokens, all this benchmark sends.
+                "--cb-block-size",
+                "32",
+                "--cb-num-blocks",
+                "512",
                 model_dir,
             ],
             "/health",
