@@ -13,6 +13,16 @@ last first token) and for Modelplane at a steady 32 in flight (workers ramped up
 Run: .venv/bin/python bench/serving.py   (~11 min on the 2-core box; the naive server's turns are
 most of it)
 (writes bench/results/serving.json, serving.png, serving-rate.png)
+
+The peer, `transformers serve --continuous-batching` (transformers' own OpenAI-compatible server;
+its serving extras fastapi, uvicorn and openai are already among ours), loads the same weights
+directory and takes the same client and prompts. It ignores `ignore_eos`, so it is compared greedy
+with EOS honoured on both (the same weights then give the same outputs; the result records the mean
+output tokens of each), on the chat endpoint, rounds alternating which server goes first:
+
+    .venv/bin/python bench/serving.py --servers modelplane,transformers-serve --endpoint chat \
+        --no-ignore-eos --concurrency 1,32 --requests 32 --requests-at-1 8 --rounds 2 \
+        --max-tokens 16:128 --rates "" --no-steady --output serving-transformers-serve
 """
 
 from __future__ import annotations
