@@ -74,7 +74,7 @@ class WaitingQueue:
                     f"tenant '{name}' has {tenant.prompt_tokens} prompt tokens waiting "
                     f"(its limit is {policy.max_queue_tokens})"
                 )
-                return Refusal("tenant_queue_tokens_full", message, tenant.count, True)
+                return Refusal("tenant_queue_tokens_full", message, tenant.count, tenant_limit=True)
             if self.count >= self._max_requests:
                 message = f"{self.count} requests are waiting"
                 return Refusal("queue_full", message, self.count, tenant_limit=False)
