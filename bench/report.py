@@ -100,7 +100,8 @@ def sweep_table(servers: dict[str, Any], key: str = "runs") -> list[str]:
 
 def main() -> int:
     out: list[str] = []
-    for name in ("engine", "engine-smollm2-var64", "serving", "embeddings", "operator_scale"):
+    names = ("engine", "engine-smollm2-var64", "serving", "serving-transformers-serve")
+    for name in (*names, "embeddings", "operator_scale"):
         data = load(name)
         if data is None:
             continue
@@ -110,10 +111,10 @@ def main() -> int:
                 f"{env['load_average_at_start']}", ""]  # fmt: skip
         if name.startswith("engine"):
             out += engine_tables(data)
-        elif name == "serving":
+        elif name.startswith("serving"):
             out += ["```", json.dumps(data["summary"], indent=1), "```", ""]
             out += [*sweep_table(data["servers"]), "", *sweep_table(data["servers"], "rate_runs")]
-            if "steady_32_run" in data:
+            if data.get("steady_32_run"):
                 steady = {"modelplane": {"runs": [data["steady_32_run"]]}}
                 out += ["", *sweep_table(steady)]
         elif name == "embeddings":

@@ -28,7 +28,10 @@ def load_engines(
     set_torch_threads(threads)
     progress(f"torch intra-op threads: {threads}")
     generation = load_generation_engine(
-        settings.generation_config(), observer=observer, progress=progress
+        settings.generation_config(),
+        observer=observer,
+        progress=progress,
+        tenants=settings.api_keys().tenants,
     )
     embedding_config = settings.embedding_config()
     if embedding_config is None:

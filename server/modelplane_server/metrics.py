@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,7 +25,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelplane_server.engine.contract import EngineStats, RequestStats, StepStats
+from modelplane_server.engine.contract import (
+    DEFAULT_TENANT,
+    EngineStats,
+    RequestStats,
+    StepStats,
+)
 
 PREFIX = "modelplane"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -50,6 +55,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512)
 FILL_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 StatsSource = Callable[[], EngineStats | None]
+# The tenant label of requests whose tenant the key file does not name: the label's values stay
+# bounded by the key file whatever the engine is handed.
+OTHER_TENANT = "other"
 
 
 class _EngineStateCollector(Collector):
@@ -113,6 +121,20 @@ class _EngineStateCollector(Collector):
             prefix_evictions.add_metric([], cache.evicted_blocks)
             prefix_tokens.add_metric([], cache.cached_tokens)
             prefix_bytes.add_metric([], cache.cached_bytes)
+        tenant_waiting = GaugeMetricFamily(
+            f"{PREFIX}_tenant_num_requests_waiting",
+            "Generation requests queued for a batch slot, by tenant (the key file's tenants, "
+            "'default' and 'other').",
+            labels=["tenant"],
+        )
+        if stats is not None:
+            by_label: collections.Counter[str] = collections.Counter(
+                dict.fromkeys(self._metrics.tenant_labels, 0)
+            )
+            for tenant, count in stats.waiting_by_tenant:
+                by_label[self._metrics.tenant_label(tenant)] += count
+            for label, count in sorted(by_label.items()):
+                tenant_waiting.add_metric([label], count)
             capacity = max(stats.kv_cache_capacity_tokens, 1)
             kv_usage.add_metric([], stats.kv_cache_tokens / capacity)
             running.add_metric([], stats.running)
@@ -123,6 +145,7 @@ class _EngineStateCollector(Collector):
             steps.add_metric([], stats.steps_total)
         yield from (running, waiting, queue_depth, batch_fill, kv_usage, waiting_tokens, steps)
         yield from prefix
+        yield tenant_waiting
         ready = GaugeMetricFamily(
             f"{PREFIX}_server_ready", "1 when the models are loaded and the server admits work."
         )
@@ -135,7 +158,9 @@ class _EngineStateCollector(Collector):
 class Metrics:
     """The registry and the instruments; the engines' observer; the HTTP layer's recorder."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenants: Iterable[str] = ()) -> None:
+        # The tenant label's values: the key file's tenants, the default and the catch-all.
+        self.tenant_labels = frozenset({*tenants, DEFAULT_TENANT, OTHER_TENANT})
         self.registry = CollectorRegistry(auto_describe=True)
         self.stats_source: StatsSource = lambda: None
         self.is_ready: Callable[[], bool] = lambda: False
@@ -194,6 +219,26 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # Per tenant (fair sharing): what each got and what each was refused.
+        self.tenant_requests_finished = Counter(
+            f"{PREFIX}_tenant_requests_finished", "Finished generation requests by tenant.",
+            ["tenant"], registry=registry,
+        )  # fmt: skip
+        self.tenant_prompt_tokens = Counter(
+            f"{PREFIX}_tenant_prompt_tokens", "Prompt tokens of finished requests, by tenant.",
+            ["tenant"], registry=registry,
+        )  # fmt: skip
+        self.tenant_generation_tokens = Counter(
+            f"{PREFIX}_tenant_generation_tokens", "Tokens generated, by tenant.", ["tenant"],
+            registry=registry,
+        )  # fmt: skip
+        self.tenant_rejections = Counter(
+            f"{PREFIX}_tenant_admission_rejections",
+            "Requests refused before admission, by tenant and reason (tenant_queue_full: the "
+            "tenant's own limit; queue_full: the server's).",
+            ["tenant", "reason"],
+            registry=registry,
+        )
         # Generation steps (reported by the engine after every forward step).
         self.batch_size = histogram(
             "batch_size", "Sequences in one generation step.", BATCH_SIZE_BUCKETS
@@ -248,6 +293,10 @@ class Metrics:
     def on_request_finished(self, stats: RequestStats) -> None:
         reason = str(stats.finish_reason)
         self.requests_finished.labels(reason).inc()
+        tenant = self.tenant_label(stats.tenant)
+        self.tenant_requests_finished.labels(tenant).inc()
+        self.tenant_prompt_tokens.labels(tenant).inc(stats.prompt_tokens)
+        self.tenant_generation_tokens.labels(tenant).inc(stats.completion_tokens)
         with self._lock:
             self._finished_counts[reason] += 1
         self.prompt_tokens.inc(stats.prompt_tokens)
@@ -261,8 +310,9 @@ class Metrics:
         for latency in stats.inter_token_latencies_s:
             self.inter_token_latency.observe(latency)
 
-    def on_rejected(self, reason: str) -> None:
+    def on_rejected(self, reason: str, tenant: str = DEFAULT_TENANT) -> None:
         self.rejections.labels(reason).inc()
+        self.tenant_rejections.labels(self.tenant_label(tenant), reason).inc()
         with self._lock:
             self._rejected_counts[reason] += 1
 
@@ -270,6 +320,9 @@ class Metrics:
         self.embedding_batch_size.observe(batch_size)
         self.embedding_tokens.inc(tokens)
         self.embedding_batch_duration.observe(duration_s)
+
+    def tenant_label(self, tenant: str) -> str:
+        return tenant if tenant in self.tenant_labels else OTHER_TENANT
 
     # --- readers -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelplane_server.api_keys import ApiKey, KeyFile, parse_key_file
 from modelplane_server.engine.contract import (
     DEFAULT_EMBEDDING_MAX_BATCH_SIZE,
     DEFAULT_EMBEDDING_MAX_WAIT_MS,
@@ -116,7 +117,9 @@ class ServerSettings(BaseSettings):
         description="liveness fails when work is queued and no step finished for this long",
     )
     api_key_file: FilePath | None = Field(
-        None, description="a file of Bearer API keys, one per line (a mounted Secret)"
+        None,
+        description="a file of Bearer API keys, one per line (a mounted Secret), each optionally "
+        "followed by tenant=NAME share=N max_queue=N max_queue_tokens=N",
     )
     api_key: SecretStr | None = Field(
         None, description="one Bearer API key (prefer MODELPLANE_API_KEY over the flag)"
@@ -156,16 +159,16 @@ class ServerSettings(BaseSettings):
             max_wait_ms=self.max_wait_ms,
         )
 
-    def api_keys(self) -> frozenset[str]:
-        """The accepted Bearer keys: MODELPLANE_API_KEY plus every non-blank, non-comment line of
-        --api-key-file. Empty means authentication is off. Read once at startup: rotating a mounted
-        Secret takes a restart, which a Deployment rollout gives anyway."""
-        keys: set[str] = set()
-        if self.api_key is not None and self.api_key.get_secret_value().strip():
-            keys.add(self.api_key.get_secret_value().strip())
+    def api_keys(self) -> KeyFile:
+        """The accepted Bearer keys and their tenants: MODELPLANE_API_KEY (tenant `default`) plus
+        every key line of --api-key-file (format in `api_keys`). No keys means authentication is
+        off. Read once at startup: rotating a mounted Secret takes a restart, which a Deployment
+        rollout gives anyway."""
+        lines: list[str] = []
         if self.api_key_file is not None:
-            for line in self.api_key_file.read_text(encoding="utf-8").splitlines():
-                key = line.strip()
-                if key and not key.startswith("#"):
-                    keys.add(key)
-        return frozenset(keys)
+            lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
+        parsed = parse_key_file(lines)
+        keys = parsed.keys
+        if self.api_key is not None and self.api_key.get_secret_value().strip():
+            keys = (ApiKey(self.api_key.get_secret_value().strip()), *keys)
+        return KeyFile(keys, parsed.tenants)

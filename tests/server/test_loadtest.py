@@ -63,6 +63,10 @@ async def _completions(request: Request) -> Response:
             await asyncio.sleep(0.001)
             choice = {"delta": {"content": "x "}} if chat else {"text": "x "}
             yield f"data: {json.dumps({'choices': [{'index': 0, **choice}]})}\n\n"
+        if body["model"] == "no-done":  # transformers serve's way: finish reason, no [DONE]
+            last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+            yield f"data: {json.dumps({**last, 'usage': usage})}\n\n"
+            return
         if include_usage:
             yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
@@ -245,6 +249,18 @@ async def test_streaming_run_measures_every_request(fake_url: str, endpoint: str
     assert summary["itl_ms"] is not None
     assert summary["tpot_ms"] is not None
     assert summary["ttft_ms"]["p50"] <= summary["e2el_ms"]["p50"]
+
+
+@pytest.mark.parametrize(("requires_done", "completed"), [(True, 0), (False, 4)])
+async def test_a_stream_without_done_completes_only_when_the_target_allows_it(
+    fake_url: str, requires_done: bool, completed: int
+) -> None:
+    target = Target(fake_url, "chat", "no-done", stream=True, requires_done=requires_done)
+    summary = await run_load(
+        target, _prompts(4), MaxTokens.parse("3"), Load(2), num_requests=4, max_duration_s=60
+    )
+    assert summary["completed"] == completed
+    assert summary["output_tokens"] == 3 * completed
 
 
 async def test_a_ramped_closed_loop_starts_its_workers_over_the_ramp(fake_url: str) -> None:

@@ -89,6 +89,11 @@ class SamplingParams:
     logprobs: int | None = None  # report each token's logprob and this many top alternatives
 
 
+# The tenant of requests that carry no API key with a tenant (and of every request when
+# authentication is off): the engine shares the batch fairly among tenants (`engine.fair_share`).
+DEFAULT_TENANT = "default"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
@@ -98,6 +103,7 @@ class GenerationRequest:
     arrival_time: float = 0.0  # time.monotonic() when the HTTP layer accepted it
     queue_deadline: float | None = None  # monotonic; a request still queued then ends with TIMEOUT
     deadline: float | None = None  # monotonic; the request ends with TIMEOUT then, wherever it is
+    tenant: str = DEFAULT_TENANT  # who the batch is shared fairly among (the API key's tenant)
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,10 @@ class QueueFullError(EngineError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TenantQueueFullError(QueueFullError):
+    """The request's tenant has its own queue limit full (others may still be admitted): 429."""
 
 
 class PromptTooLongError(EngineError):
@@ -187,6 +197,7 @@ class RequestStats:
     time_to_first_token_s: float | None
     inter_token_latencies_s: Sequence[float]
     e2e_latency_s: float
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,7 @@ class EngineStats:
     kv_cache_tokens: int = 0
     kv_cache_capacity_tokens: int = 0
     prefix_cache: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+    waiting_by_tenant: tuple[tuple[str, int], ...] = ()  # (tenant, requests queued)
 
 
 class EngineObserver(Protocol):
@@ -226,7 +238,7 @@ class EngineObserver(Protocol):
 
     def on_request_finished(self, stats: RequestStats) -> None: ...
 
-    def on_rejected(self, reason: str) -> None: ...
+    def on_rejected(self, reason: str, tenant: str = DEFAULT_TENANT) -> None: ...
 
     def on_embedding_batch(self, batch_size: int, tokens: int, duration_s: float) -> None: ...
 

@@ -41,7 +41,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from modelplane_server.engine.contract import (
     EngineObserver,
@@ -53,7 +53,9 @@ from modelplane_server.engine.contract import (
     PromptTooLongError,
     QueueFullError,
     SamplingParams,
+    TenantQueueFullError,
 )
+from modelplane_server.engine.fair_share import TenantPolicy
 from modelplane_server.engine.sequence import GenerationSequence, SequenceState
 from modelplane_server.engine.step_loop import StepLoop
 from modelplane_server.engine.step_runner import StepRunner, TextCodec
@@ -94,6 +96,7 @@ class ContinuousBatchingEngine:
         *,
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tenants: Mapping[str, TenantPolicy] | None = None,
     ) -> None:
         self._runner = runner
         self._codec = codec
@@ -101,7 +104,7 @@ class ContinuousBatchingEngine:
         self._eos_token_ids = frozenset(eos_token_ids)
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
-        self._steps = StepLoop(runner, config, observer, clock)
+        self._steps = StepLoop(runner, config, observer, clock, tenants)
 
     # --- Tokenizing ---------------------------------------------------------------------------
 
@@ -176,12 +179,14 @@ class ContinuousBatchingEngine:
             stop_ids,
             loop,
         )
-        reason, message, waiting = self._steps.waiting.push(sequence)
-        if reason:
-            self._steps.notify(lambda observer: observer.on_rejected(reason))
-            raise QueueFullError(
-                f"the queue is full: {message}", retry_after_s=self._retry_after(waiting)
-            )
+        refusal = self._steps.waiting.push(sequence)
+        if refusal is not None:
+            tenant = request.tenant
+            self._steps.notify(lambda observer: observer.on_rejected(refusal.reason, tenant))
+            retry_after_s = self._retry_after(refusal.waiting)
+            if refusal.tenant_limit:
+                raise TenantQueueFullError(refusal.message, retry_after_s)
+            raise QueueFullError(f"the server's queue is full: {refusal.message}", retry_after_s)
         self._steps.wakeup.set()
         return GenerationStream(sequence, self._codec, params.stop, self.cancel)
 
@@ -213,4 +218,5 @@ class ContinuousBatchingEngine:
             kv_cache_tokens=self._steps.kv_tokens,
             kv_cache_capacity_tokens=self._config.max_batch_size * self.context_length,
             prefix_cache=self._runner.prefix_cache_stats(),
+            waiting_by_tenant=tuple(sorted(self._steps.waiting.waiting_by_tenant().items())),
         )

@@ -9,7 +9,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from modelplane_server.engine.contract import (
     EngineObserver,
@@ -19,6 +19,7 @@ from modelplane_server.engine.contract import (
     SampledLogprob,
     StepStats,
 )
+from modelplane_server.engine.fair_share import TenantPolicy
 from modelplane_server.engine.sequence import GenerationSequence, SequenceState
 from modelplane_server.engine.step_runner import StepRunner
 from modelplane_server.engine.stream import Outbox
@@ -43,12 +44,13 @@ class StepLoop:
         config: GenerationConfig,
         observer: EngineObserver | None,
         clock: Callable[[], float] = time.monotonic,
+        tenants: Mapping[str, TenantPolicy] | None = None,
     ) -> None:
         self._runner = runner
         self._config = config
         self._observer = observer
         self._clock = clock
-        self.waiting = WaitingQueue(config.max_queue, config.max_queue_tokens)
+        self.waiting = WaitingQueue(config.max_queue, config.max_queue_tokens, tenants)
         # Sequences to end at the next step; appended from any thread (`engine.cancel`).
         self.cancels: collections.deque[GenerationSequence] = collections.deque()
         self.wakeup = threading.Event()
@@ -336,6 +338,7 @@ class StepLoop:
             ),
             inter_token_latencies_s=tuple(sequence.inter_token_latencies),
             e2e_latency_s=e2e,
+            tenant=sequence.request.tenant,
         )
         self.notify(lambda observer: observer.on_request_finished(stats))
 

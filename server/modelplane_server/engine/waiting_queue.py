@@ -1,26 +1,44 @@
-"""The generation engine's bounded priority queue of requests waiting for a batch slot.
+"""The generation engine's bounded queue of requests waiting for a batch slot.
 
 `generate()` pushes on the event loop thread, the step thread admits, expires and aborts; one lock
-guards the heap and its counts (in requests and in prompt tokens, both bounded by the config).
-Lower `priority` runs first, then arrival order.
+guards the tenants' queues and the counts (in requests and in prompt tokens, bounded by the config
+for the whole server and by each tenant's policy for its own). Admission order across tenants is
+weighted fair share (`fair_share`); within a tenant, lower `priority` runs first, then arrival.
 """
 
 from __future__ import annotations
 
-import heapq
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from modelplane_server.engine.contract import NotAcceptingError
+from modelplane_server.engine.fair_share import FairShare, TenantPolicy
 from modelplane_server.engine.sequence import GenerationSequence, SequenceState
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was not queued. `tenant_limit`: its tenant's limit was hit, not the
+    server's; `waiting` counts the requests queued ahead under that limit."""
+
+    reason: str
+    message: str
+    waiting: int
+    tenant_limit: bool
+
+
 class WaitingQueue:
-    def __init__(self, max_requests: int, max_prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        max_requests: int,
+        max_prompt_tokens: int,
+        tenants: Mapping[str, TenantPolicy] | None = None,
+    ) -> None:
         self._max_requests = max_requests
         self._max_prompt_tokens = max_prompt_tokens
         self._lock = threading.Lock()
-        self._heap: list[tuple[int, int, GenerationSequence]] = []
+        self._fair = FairShare(dict(tenants or {}))
         self._accepting = False
         self.count = 0
         self.prompt_tokens = 0
@@ -29,28 +47,44 @@ class WaitingQueue:
         with self._lock:
             self._accepting = accepting
 
-    def push(self, sequence: GenerationSequence) -> tuple[str, str, int]:
-        """Queue `sequence`, or say why not: (reason, message, requests waiting), the reason ""
-        when it was queued. Raises `NotAcceptingError` when the engine is not accepting."""
+    def push(self, sequence: GenerationSequence) -> Refusal | None:
+        """Queue `sequence`, or say why not. Raises `NotAcceptingError` when the engine is not
+        accepting."""
         prompt_tokens = sequence.prompt_tokens
+        name = sequence.request.tenant
         with self._lock:
             if not self._accepting:
                 raise NotAcceptingError(
                     "the engine is not accepting requests (draining or not started)"
                 )
-            if self.count >= self._max_requests:
-                reason, message = "queue_full", f"{self.count} requests are waiting"
-            elif self.count and self.prompt_tokens + prompt_tokens > self._max_prompt_tokens:
-                reason, message = (
-                    "queue_tokens_full",
-                    f"{self.prompt_tokens} prompt tokens are waiting",
+            tenant = self._fair.tenant(name)
+            policy = tenant.policy
+            if policy.max_queue and tenant.count >= policy.max_queue:
+                message = (
+                    f"tenant '{name}' has {tenant.count} requests waiting "
+                    f"(its limit is {policy.max_queue})"
                 )
-            else:
-                reason, message = "", ""
-                heapq.heappush(self._heap, (sequence.request.priority, sequence.seq_id, sequence))
-                self.count += 1
-                self.prompt_tokens += prompt_tokens
-            return reason, message, self.count
+                return Refusal("tenant_queue_full", message, tenant.count, tenant_limit=True)
+            if (
+                policy.max_queue_tokens
+                and tenant.count
+                and tenant.prompt_tokens + prompt_tokens > policy.max_queue_tokens
+            ):
+                message = (
+                    f"tenant '{name}' has {tenant.prompt_tokens} prompt tokens waiting "
+                    f"(its limit is {policy.max_queue_tokens})"
+                )
+                return Refusal("tenant_queue_tokens_full", message, tenant.count, tenant_limit=True)
+            if self.count >= self._max_requests:
+                message = f"{self.count} requests are waiting"
+                return Refusal("queue_full", message, self.count, tenant_limit=False)
+            if self.count and self.prompt_tokens + prompt_tokens > self._max_prompt_tokens:
+                message = f"{self.prompt_tokens} prompt tokens are waiting"
+                return Refusal("queue_tokens_full", message, self.count, tenant_limit=False)
+            self._fair.push(tenant, sequence)
+            self.count += 1
+            self.prompt_tokens += prompt_tokens
+            return None
 
     def admit(
         self,
@@ -67,17 +101,17 @@ class WaitingQueue:
         admitted: list[GenerationSequence] = []
         cost = 0
         with self._lock:
-            while self._heap and len(admitted) < free_rows:
-                sequence = self._heap[0][2]
-                if sequence.state is not SequenceState.WAITING:
-                    heapq.heappop(self._heap)  # finished while queued; its counts are already off
-                    continue
+            while len(admitted) < free_rows:
+                chosen = self._fair.next()
+                if chosen is None:
+                    break
+                tenant, sequence = chosen
                 # A newcomer costs its prompt plus its first decode token. The runner groups
                 # prompts by length, so padding stays small and is not counted.
                 cost += sequence.prompt_tokens - cached_tokens(sequence) + 1
                 if cost > budget and (admitted or chunking):
                     break
-                heapq.heappop(self._heap)
+                self._fair.take(tenant, sequence)
                 self.count -= 1
                 self.prompt_tokens -= sequence.prompt_tokens
                 sequence.state = SequenceState.RUNNING
@@ -87,15 +121,19 @@ class WaitingQueue:
         return admitted, None
 
     def remove(self, sequence: GenerationSequence) -> None:
-        """Take a finished waiting sequence off the counts (its heap entry goes at admission)."""
+        """Take a finished waiting sequence off the counts (its heap entry goes later)."""
         with self._lock:
             self.count -= 1
             self.prompt_tokens -= sequence.prompt_tokens
+            self._fair.forget(self._fair.tenant(sequence.request.tenant), sequence)
+
+    def waiting_by_tenant(self) -> dict[str, int]:
+        with self._lock:
+            return {name: queue.count for name, queue in self._fair.tenants.items()}
 
     def waiting(self) -> list[GenerationSequence]:
-        with self._lock:
-            return [entry[2] for entry in self._heap if entry[2].state is SequenceState.WAITING]
+        return [s for s in self.queued() if s.state is SequenceState.WAITING]
 
     def queued(self) -> list[GenerationSequence]:
         with self._lock:
-            return [entry[2] for entry in self._heap]
+            return [entry[2] for queue in self._fair.tenants.values() for entry in queue.heap]

@@ -169,6 +169,6 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(ClientDisconnectedError, _client_gone)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys())
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys().keys)
     app.add_middleware(ObservingMiddleware, state=state)  # added last: outermost
     return app

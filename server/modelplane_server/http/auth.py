@@ -4,6 +4,10 @@ A pure ASGI middleware rather than a FastAPI dependency, so that a request witho
 refused (401, OpenAI shape) before its body is read or validated. Health, metrics and stats stay
 open: the kubelet and Prometheus carry no key. Keys are compared by their SHA-256 digests with
 `hmac.compare_digest`, so the comparison time does not depend on how much of a key matched.
+
+A matched key's tenant goes on the request's scope state (`api_keys.tenant_of` reads it) for the
+engine's fair sharing. Without keys every request is tenant `default`: no header names a tenant,
+since with authentication off anyone could claim any tenant's share.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelplane_server.api_keys import TENANT_STATE_KEY, ApiKey
 from modelplane_server.http.errors import ApiError, ErrorType
 
 PROTECTED_PREFIX = "/v1/"
@@ -24,11 +29,12 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Iterable[ApiKey]) -> None:
         self.app = app
-        self._digests = tuple(_digest(key) for key in keys)
+        self._digests = tuple((_digest(key.key), key.tenant) for key in keys)
 
-    def _authorised(self, scope: Scope) -> bool:
+    def _tenant(self, scope: Scope) -> str | None:
+        """The tenant of the request's key, or None when it carries no valid key."""
         header = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -36,21 +42,26 @@ class ApiKeyMiddleware:
                 break
         scheme, _, token = header.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return False
+            return None
         presented = _digest(token.strip())
         # Check every key (no early exit), so timing says nothing about which one matched.
-        matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(presented, digest)
-        return matched
+        tenant = None
+        for digest, key_tenant in self._digests:
+            if hmac.compare_digest(presented, digest):
+                tenant = key_tenant
+        return tenant
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             or not self._digests
             or not str(scope["path"]).startswith(PROTECTED_PREFIX)
-            or self._authorised(scope)
         ):
+            await self.app(scope, receive, send)
+            return
+        tenant = self._tenant(scope)
+        if tenant is not None:
+            scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant
             await self.app(scope, receive, send)
             return
         error = ApiError(

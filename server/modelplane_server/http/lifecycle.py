@@ -34,7 +34,7 @@ class ServerState:
         self.settings = settings
         self.loader = loader
         self.lifecycle = Lifecycle(settings.liveness_stall_s)
-        self.metrics = Metrics()
+        self.metrics = Metrics(tenants=settings.api_keys().tenants)
         self.metrics.is_ready = lambda: self.lifecycle.accepting
         self.metrics.is_draining = lambda: self.lifecycle.draining
         self.admission = Admission(

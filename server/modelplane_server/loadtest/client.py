@@ -54,6 +54,9 @@ class Target:
     ignore_eos: bool = False
     temperature: float = 0.0
     timeout_s: float = 600.0
+    # OpenAI ends a stream with `data: [DONE]`; transformers serve ends it after the chunk with
+    # the finish reason instead. False accepts that as a complete stream.
+    requires_done: bool = True
 
 
 def request_body(target: Target, prompt: Prompt, max_tokens: int) -> dict[str, Any]:
@@ -125,8 +128,9 @@ class _Timing:
         )
 
 
-async def _read_stream(response: httpx.Response, timing: _Timing) -> str:
+async def _read_stream(response: httpx.Response, timing: _Timing, requires_done: bool) -> str:
     """Consume an SSE completion stream; returns "" or what went wrong."""
+    finished = False
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
@@ -140,7 +144,8 @@ async def _read_stream(response: httpx.Response, timing: _Timing) -> str:
             timing.chunk()
         if chunk.get("usage"):
             timing.prompt_tokens, timing.completion_tokens = _usage(chunk)
-    return "stream ended without [DONE]"
+        finished |= any(choice.get("finish_reason") for choice in chunk.get("choices") or ())
+    return "" if finished and not requires_done else "stream ended without [DONE]"
 
 
 async def send_request(
@@ -156,7 +161,7 @@ async def send_request(
                 if response.status_code != 200:
                     await response.aread()
                     return timing.result(f"http {response.status_code}")
-                return timing.result(await _read_stream(response, timing))
+                return timing.result(await _read_stream(response, timing, target.requires_done))
         response = await client.post(path, json=body)
         timing.status = response.status_code
         if response.status_code == 200:

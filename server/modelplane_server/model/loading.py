@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from modelplane_server.engine.contract import (
 )
 from modelplane_server.engine.detokenize import TextCodec
 from modelplane_server.engine.embedding import DynamicBatchingEmbeddingEngine
+from modelplane_server.engine.fair_share import TenantPolicy
 from modelplane_server.engine.generation import ContinuousBatchingEngine
 
 if TYPE_CHECKING:
@@ -254,6 +255,7 @@ def load_generation_engine(
     config: GenerationConfig,
     observer: EngineObserver | None = None,
     progress: Progress | None = None,
+    tenants: Mapping[str, TenantPolicy] | None = None,
 ) -> ContinuousBatchingEngine:
     """Load a causal LM and its tokenizer, warm it up, and wrap it in the continuous batcher."""
     import torch
@@ -290,7 +292,9 @@ def load_generation_engine(
     _report(
         progress, f"generation model {codec.model_id!r} ready in {time.monotonic() - began:.1f} s"
     )
-    return ContinuousBatchingEngine(runner, codec, config, eos_token_ids, observer=observer)
+    return ContinuousBatchingEngine(
+        runner, codec, config, eos_token_ids, observer=observer, tenants=tenants
+    )
 
 
 def _pooling_mode(directory: Path) -> str:

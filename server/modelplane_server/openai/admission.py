@@ -13,6 +13,7 @@ from modelplane_server.engine.contract import (
     NotAcceptingError,
     PromptTooLongError,
     QueueFullError,
+    TenantQueueFullError,
 )
 from modelplane_server.http.errors import ApiError, ErrorType, invalid, retry_after, unavailable
 from modelplane_server.http.health import Lifecycle
@@ -40,6 +41,15 @@ class Limits:
 def engine_error(error: EngineError, input_param: str = "prompt") -> ApiError:
     """The one place engine admission errors become HTTP statuses; `input_param` names the field
     that held the input (`prompt`, `messages`, `input`)."""
+    if isinstance(error, TenantQueueFullError):
+        return ApiError(
+            429,
+            f"Your API key's tenant is at its queue limit: {error}. Other tenants are still "
+            "admitted; retry later.",
+            type=ErrorType.RATE_LIMIT,
+            code="tenant_queue_full",
+            headers=retry_after(error.retry_after_s),
+        )
     if isinstance(error, QueueFullError):
         return ApiError(
             429,

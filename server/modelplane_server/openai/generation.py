@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelplane_server.api_keys import tenant_of
 from modelplane_server.engine.contract import (
     EngineError,
     FinishReason,
@@ -157,6 +158,7 @@ async def submit(
             arrival_time=arrival,
             queue_deadline=arrival + admission.limits.queue_timeout_s,
             deadline=arrival + admission.limits.request_timeout_s,
+            tenant=tenant_of(raw.scope),
         )
         for index in range(fields.n)
     ]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from modelplane_server.engine.contract import (
+    DEFAULT_TENANT,
     PrefixCacheStats,
     RequestStats,
     SampledLogprob,
@@ -140,6 +141,7 @@ class RecordingObserver:
     steps: list[StepStats] = field(default_factory=list)
     finished: list[RequestStats] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    rejected_tenants: list[str] = field(default_factory=list)
     embedding_batches: list[tuple[int, int, float]] = field(default_factory=list)
 
     def on_step(self, stats: StepStats) -> None:
@@ -148,8 +150,9 @@ class RecordingObserver:
     def on_request_finished(self, stats: RequestStats) -> None:
         self.finished.append(stats)
 
-    def on_rejected(self, reason: str) -> None:
+    def on_rejected(self, reason: str, tenant: str = DEFAULT_TENANT) -> None:
         self.rejected.append(reason)
+        self.rejected_tenants.append(tenant)
 
     def on_embedding_batch(self, batch_size: int, tokens: int, duration_s: float) -> None:
         self.embedding_batches.append((batch_size, tokens, duration_s))
