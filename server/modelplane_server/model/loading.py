@@ -260,6 +260,7 @@ def load_generation_engine(
     from transformers import AutoModelForCausalLM
 
     from modelplane_server.model.causal_lm import CausalLMRunner
+    from modelplane_server.model.grammar import GrammarCompiler
 
     began = time.monotonic()
     embedded = embedded_generation_model() if not config.model else None
@@ -273,8 +274,13 @@ def load_generation_engine(
         _context_length(model.config, tokenizer),
     )
     eos_token_ids = _eos_token_ids(model, tokenizer)
+    grammars = (
+        GrammarCompiler(tokenizer, int(model.config.vocab_size), eos_token_ids)
+        if getattr(tokenizer, "is_fast", False)
+        else None
+    )
     runner = CausalLMRunner(
-        model, device, config.max_batch_size, codec.context_length, eos_token_ids
+        model, device, config.max_batch_size, codec.context_length, eos_token_ids, grammars=grammars
     )
     _report(progress, "warming up")
     warm_up_prompt = codec.encode("Hello")
