@@ -304,19 +304,30 @@ class ToolCall(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    # Declared before `content`, whose check reads them.
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextContentPart] | None = None
-    name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
-    tool_call_id: StrictStr | None = Field(None, description="the call a tool message answers")
+    tool_call_id: StrictStr | None = Field(
+        None, validate_default=True, description="the call a tool message answers"
+    )
+    name: StrictStr | None = None
+    content: StrictStr | list[TextContentPart] | None = Field(None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _content_given(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content")
-        if self.role == "tool" and self.tool_call_id is None:
+    @field_validator("tool_call_id")
+    @classmethod
+    def _answers_a_call(cls, call_id: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("role") == "tool" and call_id is None:
             raise ValueError("a tool message needs the tool_call_id it answers")
-        return self
+        return call_id
+
+    @field_validator("content")
+    @classmethod
+    def _content_given(cls, content: Any, info: ValidationInfo) -> Any:
+        if content is None and not (
+            info.data.get("role") == "assistant" and info.data.get("tool_calls")
+        ):
+            raise ValueError(f"a {info.data.get('role', 'chat')} message needs content")
+        return content
 
     def text(self) -> str:
         if self.content is None:
@@ -529,9 +540,18 @@ class CompletionResponse(BaseModel):
 
 
 class AssistantMessage(BaseModel):
+    """`content` is null beside tool calls (as with OpenAI); `tool_calls` is absent without."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        if fields.get("tool_calls") is None:
+            fields.pop("tool_calls", None)
+        return fields
 
 
 class TopLogprob(BaseModel):

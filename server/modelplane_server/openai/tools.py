@@ -27,7 +27,7 @@ from modelplane_server.openai.structured import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 _PREAMBLE = (
     "You may call functions to help with the user's request. The functions, as JSON schemas:\n"
-    "<tools>\n{tools}\n</tools>\n"
+    "<tools>\n%TOOLS%\n</tools>\n"
     "To call one, answer with its name and arguments as JSON inside tags:\n"
     f'{TOOL_CALL_OPEN}{{"name": <function name>, "arguments": <arguments object>}}{TOOL_CALL_CLOSE}'
 )
@@ -59,7 +59,7 @@ def template_messages(
         described = "\n".join(
             json.dumps(tool.function.model_dump(exclude_none=True)) for tool in tools
         )
-        preamble = _PREAMBLE.format(tools=described)
+        preamble = _PREAMBLE.replace("%TOOLS%", described)
         if rendered and rendered[0]["role"] == "system":
             rendered[0]["content"] = f"{rendered[0]['content']}\n\n{preamble}"
         else:
