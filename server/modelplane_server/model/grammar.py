@@ -28,9 +28,15 @@ _CHECK_CACHE_SIZE = 512
 class RowGrammar:
     """One sequence's grammar state: its matcher, advanced by every token the row samples."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, eos_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        matcher: llguidance.LLMatcher,
+        eos_token_ids: Sequence[int],
+        executor: llguidance.LLExecutor,
+    ) -> None:
         self.matcher = matcher
         self.eos_token_ids = tuple(eos_token_ids)
+        self.executor = executor  # the compiler's thread pool, for the masks of a whole step
 
     def consume(self, token: int) -> None:
         # A token outside the mask can only come from a bug; the matcher then stays in its error
@@ -46,6 +52,7 @@ class GrammarCompiler:
         self._tokenizer = llguidance.hf.from_tokenizer(
             tokenizer, n_vocab=vocab_size, eos_token=self._eos_token_ids or None
         )
+        self._executor = llguidance.LLExecutor()
         self.error = functools.lru_cache(maxsize=_CHECK_CACHE_SIZE)(self._error)
 
     def _error(self, grammar: str) -> str | None:
@@ -59,17 +66,8 @@ class GrammarCompiler:
         return messages[0] if is_error else None
 
     def row(self, grammar: str) -> RowGrammar:
-        return RowGrammar(llguidance.LLMatcher(self._tokenizer, grammar), self._eos_token_ids)
-
-
-_executor: llguidance.LLExecutor | None = None
-
-
-def _shared_executor() -> llguidance.LLExecutor:
-    global _executor  # noqa: PLW0603  # one thread pool per process, made on first use
-    if _executor is None:
-        _executor = llguidance.LLExecutor()
-    return _executor
+        matcher = llguidance.LLMatcher(self._tokenizer, grammar)
+        return RowGrammar(matcher, self._eos_token_ids, self._executor)
 
 
 def apply_grammar_masks(logits: torch.Tensor, rows: Sequence[tuple[int, RowGrammar]]) -> None:
@@ -84,7 +82,8 @@ def apply_grammar_masks(logits: torch.Tensor, rows: Sequence[tuple[int, RowGramm
         if not grammar.matcher.is_error()
     ]
     if live:
-        llguidance.torch.fill_next_token_bitmask_par(_shared_executor(), live, bitmask)
+        executor = rows[0][1].executor
+        llguidance.torch.fill_next_token_bitmask_par(executor, live, bitmask)
     allowed = unpack_bitmask(bitmask, vocabulary)
     for index, (_, grammar) in enumerate(rows):
         if grammar.matcher.is_error():
