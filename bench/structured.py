@@ -3,6 +3,12 @@
 requests unconstrained, on one Modelplane server, rounds alternating so drift in the shared
 machine's load hits both alike.
 
+Like for like: JSON answers are short and end at different steps, free text runs to `max_tokens`,
+and a round's tokens/s depends on those lengths (the batch thins out as rows finish; the prefill is
+spread over fewer tokens). So each unconstrained request generates exactly as many tokens as its
+constrained twin did (`max_tokens` = that count, `ignore_eos`); the requests are seeded, so the
+constrained lengths repeat from round to round. What differs is then only the grammar's work.
+
 Reports output tokens/s of each mode (completion tokens of the round / the round's wall time), their
 ratio, and the share of constrained responses that parse and validate against their schema.
 
@@ -94,11 +100,23 @@ def free_port() -> int:
 
 
 async def one_round(
-    client: openai.AsyncOpenAI, model: str, concurrency: int, max_tokens: int, constrained: bool
+    client: openai.AsyncOpenAI,
+    model: str,
+    concurrency: int,
+    *,
+    max_tokens: int,
+    constrained: bool,
+    lengths: list[int] | None = None,
 ) -> dict[str, Any]:
+    """One round; unconstrained with `lengths`, request i generates exactly `lengths[i]` tokens."""
+
     async def one(index: int) -> tuple[int, bool | None]:
         prompt, schema = CASES[index % len(CASES)]
         extra: dict[str, Any] = {}
+        limit = max_tokens
+        if lengths is not None:
+            limit = lengths[index]
+            extra["extra_body"] = {"ignore_eos": True}
         if constrained:
             extra["response_format"] = {
                 "type": "json_schema",
@@ -113,7 +131,7 @@ async def one_round(
             messages=[{"role": "user", "content": prompt}],
             temperature=0.7,
             seed=index,
-            max_tokens=max_tokens,
+            max_tokens=limit,
             **extra,
         )
         tokens = answer.usage.completion_tokens if answer.usage else 0
@@ -131,6 +149,7 @@ async def one_round(
     tokens = sum(count for count, _ in results)
     valid = [ok for _, ok in results if ok is not None]
     return {
+        "lengths": [count for count, _ in results],
         "wall_s": round(wall, 3),
         "completion_tokens": tokens,
         "tokens_per_s": round(tokens / wall, 2),
@@ -145,17 +164,27 @@ async def measure(url: str, rounds: int, concurrency: int, max_tokens: int) -> d
     ) as client:
         model = (await client.models.list()).data[0].id
         # Warm-up: one of each, so grammar compilation caches and first-call costs are out.
-        await one_round(client, model, len(CASES), 16, constrained=True)
-        await one_round(client, model, len(CASES), 16, constrained=False)
+        await one_round(client, model, len(CASES), max_tokens=16, constrained=True)
+        await one_round(client, model, len(CASES), max_tokens=16, constrained=False)
         runs: dict[str, list[dict[str, Any]]] = {"unconstrained": [], "constrained": []}
+        lengths: list[int] | None = None
         for round_index in range(rounds):
-            order = ["unconstrained", "constrained"]
+            # Constrained first in round 0 (its lengths set the baseline's), then alternating.
+            order = ["constrained", "unconstrained"]
             if round_index % 2:
                 order.reverse()
             for mode in order:
+                constrained = mode == "constrained"
                 result = await one_round(
-                    client, model, concurrency, max_tokens, constrained=mode == "constrained"
+                    client,
+                    model,
+                    concurrency,
+                    max_tokens=max_tokens,
+                    constrained=constrained,
+                    lengths=None if constrained else lengths,
                 )
+                if constrained:
+                    lengths = result["lengths"]
                 runs[mode].append(result)
                 common.log(f"round {round_index} {mode}: {result}")
     ratios = [
