@@ -8,9 +8,9 @@ data or an asyncio-facing protocol, so this module imports no torch.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class FinishReason(enum.StrEnum):
@@ -87,6 +87,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # divides (multiplies if negative) prompt and output logits
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     logprobs: int | None = None  # report each token's logprob and this many top alternatives
+    # Constrained decoding: an llguidance Lark grammar (JSON schemas embed as `%json {...}`) the
+    # output must match; the model side compiles it, and the engine checks it at admission.
+    grammar: str | None = None
 
 
 # The tenant of requests that carry no API key with a tenant (and of every request when
@@ -255,7 +258,15 @@ class Tokenizing(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+    @property
+    def chat_template_renders_tools(self) -> bool:
+        """Whether the chat template writes `tools` into the prompt itself."""
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]: ...
 
 
 class GenerationEngine(Tokenizing, Protocol):

@@ -12,7 +12,7 @@ engine's step thread free for forward passes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 # The chat format used when a tokenizer has no chat template: one "role: content" line per message,
@@ -57,11 +57,22 @@ class TextCodec:
         """Token ids of a completion prompt, with special tokens (BOS) as generate() expects."""
         return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    @property
+    def chat_template_renders_tools(self) -> bool:
+        # Templates that support tools read a `tools` variable; the others ignore it.
+        template = getattr(self._tokenizer, "chat_template", None)
+        return isinstance(template, str) and "tools" in template
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
         """The chat prompt with an open assistant turn, via the tokenizer's template if any."""
         if getattr(self._tokenizer, "chat_template", None):
+            extra = {"tools": list(tools)} if tools else {}
             text = self._tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
+                list(messages), tokenize=False, add_generation_prompt=True, **extra
             )
             # The template already writes BOS and role markers: adding special tokens would double
             # them.

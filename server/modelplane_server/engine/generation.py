@@ -42,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from modelplane_server.engine.contract import (
     EngineObserver,
@@ -119,8 +120,16 @@ class ContinuousBatchingEngine:
     def encode(self, text: str) -> list[int]:
         return self._codec.encode(text)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._codec.apply_chat_template(messages)
+    @property
+    def chat_template_renders_tools(self) -> bool:
+        return self._codec.chat_template_renders_tools
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
+        return self._codec.apply_chat_template(messages, tools)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +163,12 @@ class ContinuousBatchingEngine:
         params = request.params
         vocab_size = self._codec.vocab_size
         validate_params(params, vocab_size)
+        if params.grammar is not None:
+            error = self._runner.grammar_error(params.grammar)
+            if error is not None:
+                raise InvalidRequestError(
+                    f"the output constraint cannot be compiled: {error}", "grammar"
+                )
         prompt_tokens = len(request.prompt_token_ids)
         context = self.context_length
         if prompt_tokens == 0:

@@ -48,6 +48,10 @@ class StepRunner(Protocol):
         """The logprobs of the tokens the last prefill or decode produced, by sequence id (only
         for sequences whose `SamplingParams.logprobs` is set)."""
 
+    def grammar_error(self, grammar: str) -> str | None:
+        """Why `SamplingParams.grammar` cannot constrain this model's decoding, or None. Called
+        at admission, on the event loop (implementations cache by grammar text)."""
+
     def release(self, seq_ids: Sequence[int]) -> None:
         """Remove sequences from the running batch."""
 

@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from modelplane_server.engine.contract import PrefixCacheStats, SampledLogprob, SamplingParams
+from modelplane_server.model.grammar import GrammarCompiler
 from modelplane_server.model.kv_cache import SlotKVCache, prefilled_states
 from modelplane_server.model.prefix_cache import CachedBlock, PrefixCache, concatenated
 from modelplane_server.model.sampling import RowProcessor, SamplingState
@@ -82,8 +83,10 @@ class CausalLMRunner:
         eos_token_ids: Iterable[int] = (),
         *,
         prefix_cache_tokens: int = 0,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         check_supported(model.config)
+        self._grammars = grammars  # None: requests with a grammar are refused
         # What `min_tokens` holds back, with each request's stop ids (unless it ignores EOS).
         self._eos_token_ids = frozenset(eos_token_ids)
         self._model = model
@@ -280,7 +283,16 @@ class CausalLMRunner:
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self._eos_token_ids
-        return RowProcessor(params, prompt, stop_ids)
+        grammar = None
+        if params.grammar is not None:
+            assert self._grammars is not None, "grammar_error() admits no grammar without one"
+            grammar = self._grammars.row(params.grammar)
+        return RowProcessor(params, prompt, stop_ids, grammar)
+
+    def grammar_error(self, grammar: str) -> str | None:
+        if self._grammars is None:
+            return "this model has no fast tokenizer, which constrained decoding needs"
+        return self._grammars.error(grammar)
 
     def _prefill_group(
         self,

@@ -262,6 +262,7 @@ def load_generation_engine(
     from transformers import AutoModelForCausalLM
 
     from modelplane_server.model.causal_lm import CausalLMRunner
+    from modelplane_server.model.grammar import GrammarCompiler
 
     began = time.monotonic()
     embedded = embedded_generation_model() if not config.model else None
@@ -275,6 +276,11 @@ def load_generation_engine(
         _context_length(model.config, tokenizer),
     )
     eos_token_ids = _eos_token_ids(model, tokenizer)
+    grammars = (
+        GrammarCompiler(tokenizer, int(model.config.vocab_size), eos_token_ids)
+        if getattr(tokenizer, "is_fast", False)
+        else None
+    )
     runner = CausalLMRunner(
         model,
         device,
@@ -282,6 +288,7 @@ def load_generation_engine(
         codec.context_length,
         eos_token_ids,
         prefix_cache_tokens=config.prefix_cache_tokens,
+        grammars=grammars,
     )
     _report(progress, "warming up")
     warm_up_prompt = codec.encode("Hello")

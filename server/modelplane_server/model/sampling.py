@@ -1,6 +1,7 @@
 """Per-row token sampling for a mixed batch: greedy, temperature, top-k, top-p and per-request
-seeds, after each row's logit processing (`logit_bias`, `min_tokens`, and the repetition, presence
-and frequency penalties); rows that ask for logprobs keep their last token's.
+seeds, after each row's logit processing (`logit_bias`, `min_tokens`, the repetition, presence
+and frequency penalties, and a grammar's token mask); rows that ask for logprobs keep their last
+token's.
 
 Each row of a batch carries its own `SamplingParams`; the maths is vectorised over the rows (one
 sort and one softmax for all sampling rows) so the cost per step does not grow with Python loops
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from modelplane_server.engine.contract import SampledLogprob, SamplingParams
+from modelplane_server.model.grammar import RowGrammar, apply_grammar_masks
 
 
 class RowProcessor:
@@ -27,9 +29,14 @@ class RowProcessor:
     dense vectors over the vocabulary, made at the first step (the logits give its size)."""
 
     def __init__(
-        self, params: SamplingParams, prompt: Sequence[int], stop_ids: Iterable[int]
+        self,
+        params: SamplingParams,
+        prompt: Sequence[int],
+        stop_ids: Iterable[int],
+        grammar: RowGrammar | None = None,
     ) -> None:
         self._params = params
+        self.grammar = grammar
         self._prompt = tuple(prompt)
         self._stop_ids = sorted(set(stop_ids))
         self._generated = 0
@@ -46,6 +53,7 @@ class RowProcessor:
             or params.presence_penalty
             or params.frequency_penalty
             or params.repetition_penalty != 1.0
+            or params.grammar is not None
         )
 
     def apply(self, logits: torch.Tensor) -> None:
@@ -75,6 +83,8 @@ class RowProcessor:
 
     def observe(self, token: int, logits: torch.Tensor) -> None:
         """Count the token this row just produced from these (processed) `logits`."""
+        if self.grammar is not None:
+            self.grammar.consume(token)
         if self._params.logprobs is not None:
             logprobs = logits.float().log_softmax(dim=-1)
             top = logprobs.topk(min(self._params.logprobs, logprobs.shape[-1]))
@@ -178,6 +188,14 @@ class SamplingState:
             for offset, processor in processed:
                 assert processor is not None
                 processor.apply(logits[offset])
+            apply_grammar_masks(
+                logits,
+                [
+                    (offset, processor.grammar)
+                    for offset, processor in processed
+                    if processor is not None and processor.grammar is not None
+                ],
+            )
         tokens = self._pick(logits, first_row)
         for offset, processor in processed:
             assert processor is not None

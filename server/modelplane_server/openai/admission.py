@@ -38,9 +38,12 @@ class Limits:
     request_timeout_s: float
 
 
-def engine_error(error: EngineError, input_param: str = "prompt") -> ApiError:
+def engine_error(
+    error: EngineError, input_param: str = "prompt", grammar_param: str = "response_format"
+) -> ApiError:
     """The one place engine admission errors become HTTP statuses; `input_param` names the field
-    that held the input (`prompt`, `messages`, `input`)."""
+    that held the input (`prompt`, `messages`, `input`), `grammar_param` the one the output
+    constraint came from (`response_format`, `tools`)."""
     if isinstance(error, TenantQueueFullError):
         return ApiError(
             429,
@@ -65,7 +68,8 @@ def engine_error(error: EngineError, input_param: str = "prompt") -> ApiError:
             code="context_length_exceeded",
         )
     if isinstance(error, InvalidRequestError):
-        return invalid(error.param or input_param, str(error))
+        param = grammar_param if error.param == "grammar" else error.param
+        return invalid(param or input_param, str(error))
     if isinstance(error, NotAcceptingError):
         return unavailable(f"The server is not accepting work: {error}", 1.0, "not_accepting")
     return ApiError(500, f"The engine failed: {error}", type=ErrorType.SERVER, code="engine_error")

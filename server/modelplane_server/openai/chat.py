@@ -1,5 +1,6 @@
-"""`POST /v1/chat/completions`: messages through the model's chat template, collected or
-streamed as `chat.completion.chunk`s."""
+"""`POST /v1/chat/completions`: messages (and tools) through the model's chat template, collected or
+streamed as `chat.completion.chunk`s; with tools offered, calls in the output become `tool_calls`
+(`tools.py`) and the finish reason `tool_calls`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelplane_server.engine.contract import GenerationDelta
+from modelplane_server.engine.contract import FinishReason, GenerationDelta
 from modelplane_server.http.errors import invalid
 from modelplane_server.openai.admission import Admission
 from modelplane_server.openai.generation import (
@@ -32,8 +33,15 @@ from modelplane_server.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ToolCallDelta,
 )
 from modelplane_server.openai.sse import chunk_event, stream_events
+from modelplane_server.openai.tools import (
+    ToolCallStream,
+    parse_output,
+    template_messages,
+    template_tools,
+)
 
 ENDPOINT = Endpoint(id_prefix="chatcmpl", input_param="messages")
 
@@ -43,10 +51,17 @@ async def create_chat_completion(
 ) -> Response:
     arrival = time.monotonic()
     engine, model = admission.generation_engine(body.model)
+    body.forced_tools()  # a tool_choice the tools cannot honour is a 400 before any work
+    offered = body.offered_tools()
+    renders_tools = engine.chat_template_renders_tools
     try:
-        messages = body.template_messages()
+        messages = template_messages(body.messages, offered, renders_tools)
         prompt_ids = await tokenize(
-            partial(engine.apply_chat_template, messages),
+            partial(
+                engine.apply_chat_template,
+                messages,
+                template_tools(offered) if offered and renders_tools else None,
+            ),
             sum(len(message["content"]) for message in messages),
         )
     except Exception as error:
@@ -57,33 +72,49 @@ async def create_chat_completion(
         admission, raw, (engine, model), body, prompt_ids, arrival=arrival, endpoint=ENDPOINT
     )
     logprobs = bool(body.logprobs)
+    tool_names = frozenset(tool.function.name for tool in offered)
     return await respond(
         raw,
         choices,
         body,
-        partial(chat_events, logprobs=logprobs),
-        partial(_response, logprobs=logprobs),
+        partial(chat_events, logprobs=logprobs, tool_names=tool_names),
+        partial(_response, logprobs=logprobs, tool_names=tool_names),
     )
 
 
 def _response(
-    choices: Choices, results: list[Collected], logprobs: bool = False
+    choices: Choices,
+    results: list[Collected],
+    logprobs: bool = False,
+    tool_names: frozenset[str] = frozenset(),
 ) -> ChatCompletionResponse:
+    def choice(index: int, result: Collected) -> ChatChoice:
+        finish = str(result.last.finish_reason)
+        message = AssistantMessage(content=result.text)
+        if tool_names:
+            parsed = parse_output(result.text, tool_names)
+            if parsed.tool_calls:
+                message = AssistantMessage(content=parsed.content, tool_calls=parsed.tool_calls)
+                finish = _tool_calls_finish(finish)
+        return ChatChoice(
+            index=index,
+            message=message,
+            logprobs=chat_logprobs(result.logprobs) if logprobs else None,
+            finish_reason=finish,
+        )
+
     return ChatCompletionResponse(
         id=choices.response_id,
         created=int(time.time()),
         model=choices.model,
-        choices=[
-            ChatChoice(
-                index=index,
-                message=AssistantMessage(content=result.text),
-                logprobs=chat_logprobs(result.logprobs) if logprobs else None,
-                finish_reason=str(result.last.finish_reason),
-            )
-            for index, result in enumerate(results)
-        ],
+        choices=[choice(index, result) for index, result in enumerate(results)],
         usage=usage([result.last for result in results]),
     )
+
+
+def _tool_calls_finish(finish: str) -> str:
+    """OpenAI's reason for an answer that calls tools; a call cut short keeps `length`."""
+    return "tool_calls" if finish == str(FinishReason.STOP) else finish
 
 
 def _is_template_refusal(error: Exception) -> bool:
@@ -95,11 +126,15 @@ def _is_template_refusal(error: Exception) -> bool:
 
 
 async def chat_events(
-    choices: Choices, include_usage: bool, logprobs: bool = False
+    choices: Choices,
+    include_usage: bool,
+    logprobs: bool = False,
+    tool_names: frozenset[str] = frozenset(),
 ) -> AsyncIterator[bytes]:
-    """For each choice a first chunk with the assistant's role, then one per text delta and one
-    for the finish."""
+    """For each choice a first chunk with the assistant's role, then one per text delta (or per
+    tool-call delta) and one for the finish."""
     created = int(time.time())
+    splitters = [ToolCallStream(tool_names) if tool_names else None for _ in choices.generations]
 
     def chunk(parts: list[ChatChunkChoice], lasts: list[GenerationDelta] | None = None) -> bytes:
         body = ChatCompletionChunk(
@@ -113,12 +148,22 @@ async def chat_events(
 
     def chunks(index: int, delta: GenerationDelta) -> list[bytes]:
         events = []
-        if delta.text or (logprobs and delta.logprobs):
-            content = ChatDelta(content=delta.text)
+        text, splitter = delta.text, splitters[index]
+        calls: list[ToolCallDelta] = []
+        if splitter is not None:
+            text, calls = splitter.feed(delta.text, delta.finish_reason is not None)
+        if text or (logprobs and delta.logprobs):
+            content = ChatDelta(content=text)
             entries = chat_logprobs(delta.logprobs) if logprobs else None
             events.append(chunk([ChatChunkChoice(index=index, delta=content, logprobs=entries)]))
+        events.extend(
+            chunk([ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[call]))])
+            for call in calls
+        )
         if delta.finish_reason is not None:
             finish = str(delta.finish_reason)
+            if splitter is not None and splitter.calls:
+                finish = _tool_calls_finish(finish)
             end = ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)
             events.append(chunk([end]))
         return events

@@ -174,7 +174,7 @@ async def submit(
     except BaseException as error:
         await _abandon(iterators, started, lifecycle.generation_finished)
         if isinstance(error, EngineError):
-            raise engine_error(error, endpoint.input_param) from error
+            raise engine_error(error, endpoint.input_param, fields.grammar_param) from error
         if isinstance(error, StopAsyncIteration):
             raise ApiError(
                 500, "The engine ended the stream without a result.", type=ErrorType.SERVER

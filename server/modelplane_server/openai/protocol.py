@@ -3,8 +3,8 @@
 
 Requests accept and ignore fields they do not know (OpenAI clients send extras such as `user` or
 `store`), but reject with a 400 naming the parameter every field they know and cannot honour
-(`best_of`, `suffix`, tools). The request models own their conversion to engine values
-(`sampling_params`, `template_messages`), so the serving code never re-reads raw request fields.
+(`best_of`, `suffix`, the legacy `functions`). The request models own their conversion to engine
+values (`sampling_params`, `output_grammar`), so the serving code never re-reads raw request fields.
 Our own endpoint (`/v1/similarity`) forbids unknown fields.
 """
 
@@ -23,10 +23,16 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from modelplane_server.engine.contract import SamplingParams
 from modelplane_server.http.errors import invalid
+from modelplane_server.openai.structured import (
+    ANY_JSON_OBJECT,
+    json_schema_grammar,
+    tool_call_grammar,
+)
 
 MAX_STOP_SEQUENCES = 16
 MAX_CHOICES = 16
@@ -61,6 +67,38 @@ class StreamOptions(BaseModel):
 
 def _unsupported(what: str) -> ValueError:
     return ValueError(f"{what} is not supported by this server")
+
+
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the schema the output must match (decoding is constrained
+    to it whether or not `strict` is set)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: StrictStr | None = None
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a json_schema response_format needs its json_schema")
+        return self
+
+    def grammar(self) -> str | None:
+        if self.type == "json_object":
+            return json_schema_grammar(ANY_JSON_OBJECT)
+        if self.type == "json_schema" and self.json_schema is not None:
+            return json_schema_grammar(self.json_schema.json_schema or ANY_JSON_OBJECT)
+        return None
 
 
 class SamplingFields(OpenAIRequest):
@@ -99,6 +137,9 @@ class SamplingFields(OpenAIRequest):
     user: StrictStr | None = None
     priority: StrictInt = Field(
         0, ge=-INT32_MAX, le=INT32_MAX, description="lower runs first (like vLLM); default 0"
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description="text, json_object or json_schema: constrained decoding"
     )
 
     # Each check is a field validator so that the 400's `param` names the field.
@@ -144,6 +185,15 @@ class SamplingFields(OpenAIRequest):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def output_grammar(self) -> str | None:
+        """The grammar the output is constrained to (`SamplingParams.grammar`), if any."""
+        return None if self.response_format is None else self.response_format.grammar()
+
+    @property
+    def grammar_param(self) -> str:
+        """The field an uncompilable `output_grammar` came from, for the 400's `param`."""
+        return "response_format"
+
     def sampling_params(self, max_tokens: int) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -160,6 +210,7 @@ class SamplingFields(OpenAIRequest):
             repetition_penalty=self.repetition_penalty or 1.0,
             logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
             logprobs=self.requested_logprobs,
+            grammar=self.output_grammar(),
         )
 
 
@@ -233,19 +284,86 @@ class TextContentPart(BaseModel):
     text: StrictStr
 
 
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: StrictStr
+    arguments: StrictStr = Field(description="the arguments as a JSON text")
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made: in an assistant message of the history, and in a response."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant"] = Field(
-        description="tool messages are not supported"
+    # Declared before `content`, whose check reads them.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
+    tool_call_id: StrictStr | None = Field(
+        None, validate_default=True, description="the call a tool message answers"
     )
-    content: StrictStr | list[TextContentPart]
     name: StrictStr | None = None
+    content: StrictStr | list[TextContentPart] | None = Field(None, validate_default=True)
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _answers_a_call(cls, call_id: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("role") == "tool" and call_id is None:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return call_id
+
+    @field_validator("content")
+    @classmethod
+    def _content_given(cls, content: Any, info: ValidationInfo) -> Any:
+        if content is None and not (
+            info.data.get("role") == "assistant" and info.data.get("tool_calls")
+        ):
+            raise ValueError(f"a {info.data.get('role', 'chat')} message needs content")
+        return content
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content)
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments")
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -262,32 +380,55 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: StrictInt | None = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: this many top alternatives"
     )
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported")
-    tool_choice: Any = Field(None, description="only 'none'")
-    functions: list[dict[str, Any]] | None = Field(None, description="not supported")
-    function_call: Any = Field(None, description="not supported")
-    response_format: dict[str, Any] | None = Field(None, description="only {'type': 'text'}")
+    tools: list[ToolDefinition] | None = Field(None, description="functions the model may call")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="default: auto with tools, none without"
+    )
+    parallel_tool_calls: StrictBool | None = Field(
+        None, description="accepted; a forced call is one call"
+    )
+    functions: list[dict[str, Any]] | None = Field(None, description="not supported: use tools")
+    function_call: Any = Field(None, description="not supported: use tool_choice")
 
-    @field_validator("tools", "functions")
+    @field_validator("functions", "function_call")
     @classmethod
     def _not_served(cls, value: Any, info: ValidationInfo) -> Any:
-        if value:
-            raise _unsupported(str(info.field_name))
+        if value not in (None, [], "none"):
+            raise _unsupported(f"{info.field_name} (the legacy form of tools)")
         return value
 
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_calls(cls, value: Any, info: ValidationInfo) -> Any:
-        if value not in (None, "none"):
-            raise _unsupported(f"{info.field_name} other than 'none'")
-        return value
+    def offered_tools(self) -> list[ToolDefinition]:
+        """The tools the prompt describes: none with `tool_choice: none`."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value not in (None, {"type": "text"}):
-            raise _unsupported("a response_format other than text")
-        return value
+    def forced_tools(self) -> list[ToolDefinition]:
+        """The tools one of which the output must call (`required` or a named function), or an
+        `ApiError` naming `tool_choice` when it asks for a call the tools cannot give."""
+        choice = self.tool_choice
+        if choice is None or choice in ("none", "auto"):
+            return []
+        tools = list(self.tools or [])
+        if isinstance(choice, NamedToolChoice):
+            tools = [tool for tool in tools if tool.function.name == choice.function.name]
+            if not tools:
+                raise invalid(
+                    "tool_choice", f"tool_choice names {choice.function.name!r}, not in tools"
+                )
+        if not tools:
+            raise invalid("tool_choice", f"tool_choice {choice!r} needs tools")
+        return tools
+
+    def output_grammar(self) -> str | None:
+        forced = self.forced_tools()
+        if forced:
+            return tool_call_grammar(
+                [(tool.function.name, tool.function.parameters) for tool in forced]
+            )
+        return super().output_grammar()
+
+    @property
+    def grammar_param(self) -> str:
+        return "tools" if self.forced_tools() else "response_format"
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -309,13 +450,6 @@ class ChatCompletionRequest(SamplingFields):
         if top and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs=true")
         return top
-
-    def template_messages(self) -> list[dict[str, str]]:
-        # `developer` is OpenAI's new name for `system`; chat templates only know the old one.
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
 
 
 # --- embeddings and similarity ------------------------------------------------------------------
@@ -406,8 +540,18 @@ class CompletionResponse(BaseModel):
 
 
 class AssistantMessage(BaseModel):
+    """`content` is null beside tool calls (as with OpenAI); `tool_calls` is absent without."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        if fields.get("tool_calls") is None:
+            fields.pop("tool_calls", None)
+        return fields
 
 
 class TopLogprob(BaseModel):
@@ -440,17 +584,36 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class ChatDelta(BaseModel):
-    """Only what changed is on the wire: `{"role": "assistant", "content": ""}` first, then
-    `{"content": ...}`, and `{}` with the finish reason."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+class _OmitAbsent(BaseModel):
+    """Only what is set is on the wire, as in OpenAI's deltas."""
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         fields: dict[str, Any] = handler(self)
         return {name: value for name, value in fields.items() if value is not None}
+
+
+class FunctionDelta(_OmitAbsent):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_OmitAbsent):
+    """The first delta of a call has its id, type and name; the later ones argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class ChatDelta(_OmitAbsent):
+    """Only what changed is on the wire: `{"role": "assistant", "content": ""}` first, then
+    `{"content": ...}` or `{"tool_calls": [...]}`, and `{}` with the finish reason."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -91,7 +91,13 @@ class FakeGenerationEngine:
     def encode(self, text: str) -> list[int]:
         return [ord(character) for character in text]
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    @property
+    def chat_template_renders_tools(self) -> bool:
+        return False
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], tools: object = None
+    ) -> list[int]:
         rendered = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
         return self.encode(rendered)
 

@@ -62,7 +62,8 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str | None]] = [
     (CHAT, {"messages": USER, "max_tokens": 300}, 400, "max_tokens"),
     (CHAT, {"messages": [{"role": "user", "content": "x" * 300}]}, 400, "messages"),
     (CHAT, {"messages": [{"role": "user"}]}, 400, "messages[0].content"),
-    (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].role"),
+    (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].tool_call_id"),
+    (CHAT, {"messages": [{"role": "critic", "content": "x"}]}, 400, "messages[0].role"),
     (CHAT, {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
     (
         CHAT,
@@ -73,9 +74,10 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str | None]] = [
     (CHAT, {"messages": USER, "n": 0}, 400, "n"),
     (CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     (CHAT, {"messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
-    (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools"),
-    (CHAT, {"messages": USER, "tool_choice": "auto"}, 400, "tool_choice"),
-    (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools[0].function"),
+    (CHAT, {"messages": USER, "tool_choice": "required"}, 400, "tool_choice"),
+    (CHAT, {"messages": USER, "functions": [{"name": "f"}]}, 400, "functions"),
+    (CHAT, {"messages": USER, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
     (CHAT, {"messages": USER, "stream_options": {"include_usage": "yes"}}, 400, None),
     (EMBEDDINGS, {"input": ""}, 400, "input"),
     (EMBEDDINGS, {"input": []}, 400, "input"),
@@ -212,7 +214,9 @@ TemplateError.__module__ = "jinja2.exceptions"
 
 
 class AlternatingTemplateEngine(FakeGenerationEngine):
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], tools: object = None
+    ) -> list[int]:
         raise TemplateError("Conversation roles must alternate user/assistant/user/assistant")
 
 

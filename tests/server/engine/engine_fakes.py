@@ -129,7 +129,13 @@ class CharacterCodec:
     def encode(self, text: str) -> list[int]:
         return [ord(character) for character in text]
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    @property
+    def chat_template_renders_tools(self) -> bool:
+        return False
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], tools: object = None
+    ) -> list[int]:
         return self.encode("".join(f"{m['role']}: {m['content']}\n" for m in messages))
 
     def decode(self, token_ids: Sequence[int]) -> str:
