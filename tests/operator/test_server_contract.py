@@ -29,7 +29,9 @@ def test_port_and_health_paths_are_the_documented_ones() -> None:
 
 def test_every_rendered_flag_is_documented() -> None:
     args = server_contract.container_args(
-        server_contract.ServerArgs(model="/models/m", served_model_name="m", gguf_file="m.gguf")
+        server_contract.ServerArgs(
+            model="/models/m", served_model_name="m", gguf_file="m.gguf", api_key_file="/keys"
+        )
     )
     rendered = {arg.split("=", 1)[0] for arg in args}
     assert rendered <= documented_flags(), rendered - documented_flags()
@@ -46,7 +48,9 @@ def test_extra_args_come_last() -> None:
 
 def test_every_flag_the_operator_renders_is_owned() -> None:
     args = server_contract.container_args(
-        server_contract.ServerArgs(model="/models/m", served_model_name="m", gguf_file="m.gguf")
+        server_contract.ServerArgs(
+            model="/models/m", served_model_name="m", gguf_file="m.gguf", api_key_file="/keys"
+        )
     )
     assert {arg.split("=", 1)[0] for arg in args} == set(server_contract.OWNED_FLAGS)
 
