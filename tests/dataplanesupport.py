@@ -9,6 +9,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,12 @@ def http_route(name: str, service: str, host: str, port: int = 80) -> dict[str, 
     }
 
 
-def gateway_client(plane: DataPlane, host: str, timeout: float) -> OpenAI:
-    """The official OpenAI client, through the Gateway, for the routes of `host`."""
+def gateway_client(plane: DataPlane, host: str, timeout: float, api_key: str = "unused") -> OpenAI:
+    """The official OpenAI client, through the Gateway, for the routes of `host` (the key
+    matters only to a ModelDeployment with spec.server.apiKeys)."""
     return OpenAI(
         base_url=f"{plane.gateway}/v1",
-        api_key="unused",
+        api_key=api_key,
         max_retries=0,
         timeout=timeout,
         default_headers={"Host": host},
@@ -174,10 +176,13 @@ def pods(plane: DataPlane, namespace: str, instance: str) -> list[dict[str, Any]
     return list(items["items"])
 
 
-def wait_answer(url: str, host: str, timeout: float = 60) -> None:
+def wait_answer(
+    url: str, host: str, timeout: float = 60, headers: Mapping[str, str] | None = None
+) -> None:
     """Until the gateway routes `host` to a server: Programmed comes a moment before routes are
-    live."""
-    request = urllib.request.Request(url, headers={"Host": host})  # noqa: S310 - http:// only
+    live. `headers` carry a key to a keyed server's /v1."""
+    headers = {"Host": host, **(headers or {})}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - http:// only
 
     def answers() -> bool:
         try:

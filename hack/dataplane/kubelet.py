@@ -54,6 +54,7 @@ from dataplane.podspec import (
     ProcessPlan,
     plan_container,
     runs_locally,
+    secret_volume_files,
     termination_message,
 )
 from dataplane.probes import Probe, ProbeState, check
@@ -396,6 +397,7 @@ class PodRunner:
         spec = self.pod["spec"]
         try:
             lookup = await self.kubelet.resolve_references(self.pod)
+            secret_files = secret_volume_files(self.pod, lookup)
             self.init_containers = [
                 Container(self, c, plan_container(self.pod, c, self.layout, lookup), init=True)
                 for c in spec.get("initContainers") or []
@@ -409,7 +411,7 @@ class PodRunner:
             log.warning("%s: cannot run: %s", self.key, error)
             self.publish()
             return
-        self._prepare_directories()
+        self._prepare_directories(secret_files)
         for container in (*self.init_containers, *self.containers):
             log.info(
                 "%s: %s: %s", self.key, container.name, "; ".join(container.plan.substitutions)
@@ -426,11 +428,19 @@ class PodRunner:
         await asyncio.gather(*(c.run(policy) for c in self.containers))
         self.publish()
 
-    def _prepare_directories(self) -> None:
+    def _prepare_directories(self, secret_files: Mapping[str, Mapping[str, str]]) -> None:
         (self.layout.pod_dir / "home").mkdir(parents=True, exist_ok=True)
         for volume in self.pod["spec"].get("volumes") or []:
             if "emptyDir" in volume:
                 self.layout.volume_dir(volume["name"]).mkdir(parents=True, exist_ok=True)
+            elif "secret" in volume:
+                directory = self.layout.volume_dir(volume["name"])
+                directory.mkdir(parents=True, exist_ok=True)
+                for path, content in secret_files.get(volume["name"], {}).items():
+                    file = directory / path
+                    file.unlink(missing_ok=True)  # a read-only mode would refuse the rewrite
+                    file.write_text(content)
+                    file.chmod(volume["secret"].get("defaultMode", 0o644))
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 (self.layout.claims_root / self.namespace / claim).mkdir(
@@ -621,29 +631,35 @@ class LocalKubelet:
             self._running.remove(container)
 
     async def resolve_references(self, pod: Object) -> Any:
-        """Read the Secrets and ConfigMaps the pod's env names, for `plan_container`'s lookup."""
+        """Read the Secrets and ConfigMaps the pod's env and Secret volumes name, for
+        `plan_container`'s and `secret_volume_files`' lookup."""
         namespace = pod["metadata"]["namespace"]
-        values: dict[tuple[str, str, str, str], str | None] = {}
+        references: list[tuple[str, str, str]] = []  # (kind, name, key)
         for container in (*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]):
             for variable in container.get("env") or []:
                 source = variable.get("valueFrom") or {}
-                for key, kind, resource in (
-                    ("secretKeyRef", "Secret", Secret),
-                    ("configMapKeyRef", "ConfigMap", ConfigMap),
-                ):
-                    if key not in source:
-                        continue
-                    ref = source[key]
-                    try:
-                        obj = await self.client.get(resource, ref["name"], namespace=namespace)
-                    except ApiError:
-                        values[(kind, namespace, ref["name"], ref["key"])] = None
-                        continue
-                    data: Mapping[str, str] = getattr(obj, "data", None) or {}
-                    raw = data.get(ref["key"])
-                    if raw is not None and kind == "Secret":
-                        raw = base64.b64decode(raw).decode()
-                    values[(kind, namespace, ref["name"], ref["key"])] = raw
+                for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                    if field in source:
+                        references.append((kind, source[field]["name"], source[field]["key"]))
+        for volume in pod["spec"].get("volumes") or []:
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                references += [
+                    ("Secret", name, i["key"]) for i in volume["secret"].get("items", [])
+                ]
+        values: dict[tuple[str, str, str, str], str | None] = {}
+        for kind, name, key in references:
+            resource = Secret if kind == "Secret" else ConfigMap
+            try:
+                obj = await self.client.get(resource, name, namespace=namespace)
+            except ApiError:
+                values[(kind, namespace, name, key)] = None
+                continue
+            data: Mapping[str, str] = getattr(obj, "data", None) or {}
+            raw = data.get(key)
+            if raw is not None and kind == "Secret":
+                raw = base64.b64decode(raw).decode()
+            values[(kind, namespace, name, key)] = raw
 
         def lookup(kind: str, ns: str, name: str, key: str) -> str | None:
             return values.get((kind, ns, name, key))

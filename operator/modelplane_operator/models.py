@@ -63,6 +63,8 @@ MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+|pvc://[a
 QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"  # noqa: E501
 DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 63
+# The key of the Secret that holds the server's API key file when spec.server.apiKeys names none.
+DEFAULT_API_KEYS_KEY = "api-keys"
 
 
 # Messages of the cross-field rules: the CEL rule and the pydantic validator say the same thing.
@@ -284,6 +286,22 @@ class EnvVar(ApiModel):
     )
 
 
+class ApiKeys(ApiModel):
+    """A Secret key holding the server's API key file: one key per line, each optionally with a
+    tenant and its fair share (docs/server.md, Tenants and fair sharing)."""
+
+    secret_name: ObjectName = Field(
+        description=(
+            "A Secret in the same namespace. Mounted read-only into the server container; the "
+            "server reads it once at start, so after changing it run `kubectl rollout restart "
+            "deployment/<name>` (and `<name>-canary` while a canary runs)."
+        ),
+    )
+    key: ConfigKey = Field(
+        default=DEFAULT_API_KEYS_KEY, description="The key inside the Secret that holds the file."
+    )
+
+
 class ServerConfig(ApiModel):
     """The inference server's batching and lifecycle knobs (see docs/server-contract.md)."""
 
@@ -346,6 +364,15 @@ class ServerConfig(ApiModel):
     )
     env: list[EnvVar] = Field(
         default_factory=list, max_length=64, description="Extra environment variables."
+    )
+    api_keys: ApiKeys | None = Field(
+        default=None,
+        description=(
+            "Require a Bearer API key on /v1 (health probes and /metrics stay open): the server "
+            "gets the Secret's key file as --api-key-file. The canary always uses stable's keys, "
+            "since it serves the same clients. Unset: no key file (MODELPLANE_API_KEY in env "
+            "still sets a single key)."
+        ),
     )
 
     @field_validator("extra_args")
@@ -998,24 +1025,33 @@ class CanaryAnalysis(ApiModel):
     )
 
 
-def _overlay_of(model: type[ApiModel], name: str) -> type[ApiModel]:
+def _overlay_of(
+    model: type[ApiModel], name: str, *, inherited: frozenset[str] = frozenset()
+) -> type[ApiModel]:
     """`model` with every field optional and no default (not even in the CRD, where the
-    apiserver would fill one in): what is set replaces the base's value, the rest is the base's."""
+    apiserver would fill one in): what is set replaces the base's value, the rest is the base's.
+    The `inherited` fields are left out: the overlay cannot replace them."""
     fields: dict[str, Any] = {
         field: (
             cast(Any, info.annotation) | None,
             FieldInfo.merge_field_infos(info, default=None, default_factory=None),
         )
         for field, info in model.model_fields.items()
+        if field not in inherited
     }
     doc = f"{model.__doc__} Only the fields set here replace stable's."
     return create_model(name, __base__=ApiModel, __doc__=doc, **fields)
 
 
+CANARY_INHERITED_SERVER = frozenset({"api_keys"})
+"""spec.server fields the canary always takes from stable (its overlay has no such field)."""
+
 if TYPE_CHECKING:
     ServerOverlay = ServerConfig
 else:
-    ServerOverlay = _overlay_of(ServerConfig, "ServerOverlay")
+    # The canary serves stable's clients through the same Service or route, so it takes the
+    # same keys: a canary with other keys would answer 401 to a share of the clients.
+    ServerOverlay = _overlay_of(ServerConfig, "ServerOverlay", inherited=CANARY_INHERITED_SERVER)
 
 
 class Canary(ApiModel):

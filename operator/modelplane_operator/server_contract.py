@@ -61,6 +61,9 @@ FLAG_MAX_BATCH_TOKENS = "--max-batch-tokens"
 FLAG_MAX_WAIT_MS = "--max-wait-ms"
 FLAG_MAX_QUEUE = "--max-queue"
 FLAG_DRAIN_TIMEOUT_S = "--drain-timeout-s"
+# The key file; a single key is MODELPLANE_API_KEY only (the server has no --api-key flag, so
+# `--api-key` is a prefix of this flag and refused with it).
+FLAG_API_KEY_FILE = "--api-key-file"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -86,6 +89,7 @@ OWNED_FLAGS = {
     FLAG_MAX_WAIT_MS: "use spec.server.maxWaitMs",
     FLAG_MAX_QUEUE: "use spec.server.maxQueue",
     FLAG_DRAIN_TIMEOUT_S: "use spec.server.drainTimeoutSeconds",
+    FLAG_API_KEY_FILE: "use spec.server.apiKeys",
 }
 
 
@@ -114,6 +118,7 @@ class ServerArgs:
     max_wait_ms: int = DEFAULT_MAX_WAIT_MS
     max_queue: int = DEFAULT_MAX_QUEUE
     drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT_SECONDS
+    api_key_file: str | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -135,6 +140,8 @@ def container_args(args: ServerArgs) -> list[str]:
         f"{FLAG_MAX_QUEUE}={args.max_queue}",
         f"{FLAG_DRAIN_TIMEOUT_S}={args.drain_timeout_seconds}",
     ]
+    if args.api_key_file:
+        rendered.append(f"{FLAG_API_KEY_FILE}={args.api_key_file}")
     return rendered + list(args.extra_args)
 
 

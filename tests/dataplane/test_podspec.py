@@ -15,6 +15,7 @@ from dataplane.podspec import (
     container_port,
     plan_container,
     runs_locally,
+    secret_volume_files,
     termination_message,
 )
 
@@ -99,6 +100,29 @@ def test_a_pvc_maps_to_a_per_claim_directory_and_subpaths_apply() -> None:
     volumes = [{"name": "cache", "persistentVolumeClaim": {"claimName": "weights"}}]
     plan = plan_container(pod([container], volumes=volumes), container, LAYOUT, no_lookup)
     assert "--model=/state/claims/team/weights/hf/org/name" in plan.argv
+
+
+def test_a_secret_volume_is_a_per_pod_directory_of_its_items() -> None:
+    container = {
+        **SERVER,
+        "args": [*SERVER["args"], "--api-key-file=/etc/keys/api-keys"],
+        "volumeMounts": [{"name": "keys", "mountPath": "/etc/keys", "readOnly": True}],
+    }
+    volumes = [
+        {
+            "name": "keys",
+            "secret": {"secretName": "s", "items": [{"key": "k", "path": "api-keys"}]},
+        }
+    ]
+    plan = plan_container(pod([container], volumes=volumes), container, LAYOUT, no_lookup)
+    assert "--api-key-file=/state/pods/p/volumes/keys/api-keys" in plan.argv
+    values = {("Secret", "team", "s", "k"): "sk-1 tenant=a"}
+    files = secret_volume_files(pod([container], volumes=volumes), lambda *key: values.get(key))
+    assert files == {"keys": {"api-keys": "sk-1 tenant=a"}}
+    with pytest.raises(PodConfigError, match='secret "s" key "k" not found \\(volume keys\\)'):
+        secret_volume_files(pod([container], volumes=volumes), no_lookup)
+    optional = [{**volumes[0], "secret": {**volumes[0]["secret"], "optional": True}}]
+    assert secret_volume_files(pod([container], volumes=optional), no_lookup) == {"keys": {}}
 
 
 def test_the_embedded_model_download_links_the_wheel() -> None:

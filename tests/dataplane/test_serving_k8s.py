@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from dataplanesupport import (
@@ -190,3 +191,36 @@ def test_a_missing_model_path_is_a_real_crash_loop_with_its_exit_code(
         )
     )
     assert str(missing) in log.read_text()
+
+
+def test_api_keys_from_a_secret_guard_v1_and_leave_the_probes_open(
+    dataplane: DataPlane, dataplane_operator: object, dp_namespace: str
+) -> None:
+    """spec.server.apiKeys end to end: the Secret's key file reaches the server, which refuses /v1
+    without a key and serves a tenant's key, while its unauthenticated probes make it Ready."""
+    keys = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "chat-keys"},
+        "stringData": {"api-keys": "sk-team-a tenant=team-a share=3\n"},
+    }
+    keyed = model_deployment(
+        "keyed",
+        "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+        server={"apiKeys": {"secretName": "chat-keys"}},
+    )
+    host = route_host(dp_namespace)
+    apply(dataplane, dp_namespace, keys, keyed, http_route("keyed", "keyed", host))
+    wait_ready(dataplane, dp_namespace, "keyed", timeout=300)
+    bearer = {"Authorization": "Bearer sk-team-a"}
+    wait_answer(f"{dataplane.gateway}/v1/models", host, headers=bearer)
+    with pytest.raises(openai.AuthenticationError):
+        gateway_client(dataplane, host, timeout=60).models.list()
+    client = gateway_client(dataplane, host, timeout=120, api_key="sk-team-a")
+    answer = client.chat.completions.create(
+        model="keyed",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert answer.choices[0].message.content

@@ -52,6 +52,12 @@ def test_the_canary_overlays_only_what_it_sets() -> None:
     assert merged.replicas == base.replicas
 
 
+def test_the_canary_cannot_set_other_api_keys() -> None:
+    """It serves stable's clients through the same route: other keys would 401 some of them."""
+    with pytest.raises(ValueError, match="apiKeys"):
+        spec(server={"apiKeys": {"secretName": "other-keys"}})
+
+
 def test_the_revision_follows_the_canary_not_the_rest_of_the_spec() -> None:
     one, two = canary_of(image="server:2"), canary_of(image="server:3")
     assert variants.revision(one) != variants.revision(two)

@@ -15,7 +15,7 @@ import yaml
 
 from modelplane_operator import canary_control, server_contract
 from modelplane_operator.kinds import OPTIONAL_CRDS, SERVICE_MONITOR
-from modelplane_operator.models import ModelDeploymentSpec
+from modelplane_operator.models import DEFAULT_API_KEYS_KEY, ModelDeploymentSpec
 from modelplane_operator.names import GPU_PRODUCT_LABEL
 from modelplane_operator.render import Owner, Rendered, RenderOptions, render
 from modelplane_operator.render.model import startup_budget_seconds
@@ -284,3 +284,49 @@ def test_pod_template_overrides_merge_but_our_labels_win() -> None:
 def test_preview_without_uid_has_no_owner_reference() -> None:
     rendered = render(Owner(name="demo", namespace="models"), spec_of(), RenderOptions())
     assert all("ownerReferences" not in child["metadata"] for child in rendered.children)
+
+
+def test_api_keys_mount_the_secret_key_read_only_and_pass_the_file() -> None:
+    spec = spec_of(server={"apiKeys": {"secretName": "chat-keys", "key": "tenants"}})
+    pod = by_kind(render(OWNER, spec, RenderOptions()))["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (volume,) = [volume for volume in pod["volumes"] if "secret" in volume]
+    assert volume["secret"]["secretName"] == "chat-keys"
+    (item,) = volume["secret"]["items"]
+    assert item["key"] == "tenants"
+    (mount,) = [mount for mount in container["volumeMounts"] if mount["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    key_file = f"{mount['mountPath']}/{item['path']}"
+    assert f"{server_contract.FLAG_API_KEY_FILE}={key_file}" in container["args"]
+    # The kubelet and Prometheus carry no key: probes and metrics stay on the open paths.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert not container[probe]["httpGet"]["path"].startswith(server_contract.OPENAI_BASE_PATH)
+
+
+def test_api_keys_default_to_the_secrets_api_keys_key_and_are_off_when_unset() -> None:
+    spec = spec_of(server={"apiKeys": {"secretName": "chat-keys"}})
+    pod = by_kind(render(OWNER, spec, RenderOptions()))["Deployment"]["spec"]["template"]["spec"]
+    (volume,) = [volume for volume in pod["volumes"] if "secret" in volume]
+    assert volume["secret"]["items"][0]["key"] == DEFAULT_API_KEYS_KEY
+    container = server_container(render(OWNER, spec_of(), RenderOptions()))
+    assert not any(arg.startswith(server_contract.FLAG_API_KEY_FILE) for arg in container["args"])
+
+
+def test_the_canary_serves_with_stables_api_keys() -> None:
+    spec = sample_spec("canary", server={"apiKeys": {"secretName": "chat-keys"}})
+    rendered = render(
+        OWNER,
+        spec,
+        RenderOptions(canary=canary_control.preview(spec)),
+    )
+    deployments = [child for child in rendered.children if child["kind"] == "Deployment"]
+    assert len(deployments) == 2
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert any(
+            arg.startswith(server_contract.FLAG_API_KEY_FILE)
+            for arg in pod["containers"][0]["args"]
+        ), deployment["metadata"]["name"]
+        assert {"chat-keys"} == {
+            volume["secret"]["secretName"] for volume in pod["volumes"] if "secret" in volume
+        }

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from modelplane_operator import server_contract
 from modelplane_server.cli import build_parser
 
@@ -29,7 +31,9 @@ def test_port_and_health_paths_are_the_documented_ones() -> None:
 
 def test_every_rendered_flag_is_documented() -> None:
     args = server_contract.container_args(
-        server_contract.ServerArgs(model="/models/m", served_model_name="m", gguf_file="m.gguf")
+        server_contract.ServerArgs(
+            model="/models/m", served_model_name="m", gguf_file="m.gguf", api_key_file="/keys"
+        )
     )
     rendered = {arg.split("=", 1)[0] for arg in args}
     assert rendered <= documented_flags(), rendered - documented_flags()
@@ -46,7 +50,9 @@ def test_extra_args_come_last() -> None:
 
 def test_every_flag_the_operator_renders_is_owned() -> None:
     args = server_contract.container_args(
-        server_contract.ServerArgs(model="/models/m", served_model_name="m", gguf_file="m.gguf")
+        server_contract.ServerArgs(
+            model="/models/m", served_model_name="m", gguf_file="m.gguf", api_key_file="/keys"
+        )
     )
     assert {arg.split("=", 1)[0] for arg in args} == set(server_contract.OWNED_FLAGS)
 
@@ -83,6 +89,23 @@ def test_every_spelling_the_servers_parser_takes_for_an_owned_flag_is_refused() 
     for option in others:
         refused = [flag for flag, pattern in patterns.items() if re.match(pattern, f"{option}=1")]
         assert not refused, (option, refused)
+
+
+def test_the_server_reads_the_key_file_the_operator_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sides: the rendered --api-key-file reaches the server's settings, tenants and all."""
+    from modelplane_server.cli import parse_settings
+
+    monkeypatch.delenv("MODELPLANE_API_KEY", raising=False)
+    key_file = tmp_path / "api-keys"
+    key_file.write_text("sk-a tenant=team-a share=3\nsk-b\n")
+    args = server_contract.container_args(
+        server_contract.ServerArgs(model="/m", served_model_name="m", api_key_file=str(key_file))
+    )
+    keys = parse_settings(args).api_keys()
+    assert {(key.key, key.tenant) for key in keys.keys} == {("sk-a", "team-a"), ("sk-b", "default")}
+    assert keys.tenants["team-a"].share == 3
 
 
 def test_grace_period_outlasts_pre_stop_and_drain() -> None:

@@ -14,6 +14,7 @@ from lightkube.models.core_v1 import (
     EnvVar,
     EnvVarSource,
     HTTPGetAction,
+    KeyToPath,
     Lifecycle,
     LifecycleHandler,
     PodAffinityTerm,
@@ -25,8 +26,11 @@ from lightkube.models.core_v1 import (
     ResourceRequirements,
     SeccompProfile,
     SecretKeySelector,
+    SecretVolumeSource,
     SleepAction,
     Toleration,
+    Volume,
+    VolumeMount,
     WeightedPodAffinityTerm,
 )
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
@@ -58,6 +62,11 @@ from modelplane_operator.render.objects import (
 )
 
 SERVER_CONTAINER = "server"
+API_KEYS_VOLUME = "api-keys"
+API_KEYS_DIRECTORY = "/etc/modelplane/api-keys"
+API_KEY_FILE = f"{API_KEYS_DIRECTORY}/{API_KEYS_VOLUME}"
+# Owner and group read only: the pod's fsGroup (1000) gives the server user the group.
+API_KEYS_FILE_MODE = 0o440
 
 
 # Deployment progress deadline on top of the startup budget: scheduling, image pull and (for hf://)
@@ -86,6 +95,25 @@ def _env(spec: ModelDeploymentSpec) -> list[EnvVar]:
             )
         rendered.append(EnvVar(name=variable.name, value=variable.value, valueFrom=source))
     return rendered
+
+
+def _api_keys(spec: ModelDeploymentSpec) -> tuple[list[Volume], list[VolumeMount]]:
+    """The key file's volume and mount: only the named key of the Secret, under a fixed name, so
+    the flag's path never depends on what the key is called. Not optional: without its Secret
+    the pod waits (FailedMount) rather than serving /v1 to anyone."""
+    keys = spec.server.api_keys
+    if keys is None:
+        return [], []
+    volume = Volume(
+        name=API_KEYS_VOLUME,
+        secret=SecretVolumeSource(
+            secretName=keys.secret_name,
+            items=[KeyToPath(key=keys.key, path=API_KEYS_VOLUME)],
+            defaultMode=API_KEYS_FILE_MODE,
+        ),
+    )
+    mount = VolumeMount(name=API_KEYS_VOLUME, mountPath=API_KEYS_DIRECTORY, readOnly=True)
+    return [volume], [mount]
 
 
 def _probe(path: str, period: int, timeout: int, failures: int) -> Probe:
@@ -158,6 +186,7 @@ def render_deployment(
         max_wait_ms=spec.server.max_wait_ms,
         max_queue=spec.server.max_queue,
         drain_timeout_seconds=spec.server.drain_timeout_seconds,
+        api_key_file=API_KEY_FILE if spec.server.api_keys is not None else None,
         extra_args=tuple(spec.server.extra_args),
     )
     requests: dict[str, str] = {
@@ -165,6 +194,7 @@ def render_deployment(
         "memory": str(spec.accelerator.memory),
     }
     limits: dict[str, str] = {"memory": str(spec.accelerator.memory)}
+    key_volumes, key_mounts = _api_keys(spec)
     if gpus > 0:
         requests[GPU_RESOURCE] = str(gpus)
         limits[GPU_RESOURCE] = str(gpus)
@@ -194,7 +224,7 @@ def render_deployment(
             )
         ),
         securityContext=container_security(),
-        volumeMounts=placement.mounts or None,
+        volumeMounts=[*placement.mounts, *key_mounts] or None,
     )
     node_selector = dict(spec.pod_template.node_selector)
     tolerations: list[Toleration] = []
@@ -220,7 +250,7 @@ def render_deployment(
     pod = PodSpec(
         containers=[container],
         initContainers=placement.init_containers or None,
-        volumes=placement.volumes or None,
+        volumes=[*placement.volumes, *key_volumes] or None,
         nodeSelector=node_selector or None,
         tolerations=tolerations or None,
         affinity=_affinity(owner.name, spec),
