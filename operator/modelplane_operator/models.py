@@ -41,8 +41,10 @@ from modelplane_operator.server_contract import (
     DEFAULT_DRAIN_TIMEOUT_SECONDS,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_PREFILL_TOKENS,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_WAIT_MS,
+    DEFAULT_PREFIX_CACHE_TOKENS,
     E2E_BUCKETS,
     OWNED_FLAGS,
     TTFT_BUCKETS,
@@ -316,6 +318,29 @@ class ServerConfig(ApiModel):
         ge=1,
         le=1_048_576,
         description="Token budget of one step (prefill + decode).",
+    )
+    max_prefill_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_048_576,
+        description=(
+            "Most prompt tokens prefilled in one generation step; longer prompts and bursts of "
+            "newcomers are prefilled over several steps, so the running streams' inter-token "
+            "latency stays bounded. Unset: the server's default, "
+            f"{DEFAULT_MAX_PREFILL_TOKENS}."
+        ),
+    )
+    prefix_cache_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=16_777_216,
+        description=(
+            "Automatic prefix caching: how many tokens of prompt prefixes (a shared system prompt, "
+            "few-shot examples, chat history) keep their keys and values for later requests that "
+            "start the same way, least recently used out first; 0 disables. Each token costs 2 x "
+            "layers x KV heads x head dim x dtype bytes of accelerator memory. Unset: the "
+            f"server's default, {DEFAULT_PREFIX_CACHE_TOKENS}."
+        ),
     )
     max_wait_ms: int = Field(
         default=DEFAULT_MAX_WAIT_MS,

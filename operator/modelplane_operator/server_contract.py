@@ -58,6 +58,8 @@ FLAG_DTYPE = "--dtype"
 FLAG_DEVICE = "--device"
 FLAG_MAX_BATCH_SIZE = "--max-batch-size"
 FLAG_MAX_BATCH_TOKENS = "--max-batch-tokens"
+FLAG_MAX_PREFILL_TOKENS = "--max-prefill-tokens"
+FLAG_PREFIX_CACHE_TOKENS = "--prefix-cache-tokens"
 FLAG_MAX_WAIT_MS = "--max-wait-ms"
 FLAG_MAX_QUEUE = "--max-queue"
 FLAG_DRAIN_TIMEOUT_S = "--drain-timeout-s"
@@ -74,6 +76,10 @@ DEFAULT_MAX_BATCH_TOKENS = 4096
 DEFAULT_MAX_WAIT_MS = 5
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 30
+# Rendered only when the spec sets them (fields added after the others: leaving them out keeps the
+# Deployments of existing ModelDeployments unchanged, so an operator upgrade rolls no pod).
+DEFAULT_MAX_PREFILL_TOKENS = 512
+DEFAULT_PREFIX_CACHE_TOKENS = 8192
 
 # The flags the operator renders and relies on, and where the spec sets each instead: an extra arg
 # that repeated one would win (it comes last) and break the pod silently, so the CRD refuses it.
@@ -86,6 +92,8 @@ OWNED_FLAGS = {
     FLAG_DEVICE: "use spec.accelerator.count",
     FLAG_MAX_BATCH_SIZE: "use spec.server.maxBatchSize",
     FLAG_MAX_BATCH_TOKENS: "use spec.server.maxBatchTokens",
+    FLAG_MAX_PREFILL_TOKENS: "use spec.server.maxPrefillTokens",
+    FLAG_PREFIX_CACHE_TOKENS: "use spec.server.prefixCacheTokens",
     FLAG_MAX_WAIT_MS: "use spec.server.maxWaitMs",
     FLAG_MAX_QUEUE: "use spec.server.maxQueue",
     FLAG_DRAIN_TIMEOUT_S: "use spec.server.drainTimeoutSeconds",
@@ -115,6 +123,8 @@ class ServerArgs:
     device: str = "auto"
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_prefill_tokens: int | None = None  # None: not rendered, the server's default
+    prefix_cache_tokens: int | None = None
     max_wait_ms: int = DEFAULT_MAX_WAIT_MS
     max_queue: int = DEFAULT_MAX_QUEUE
     drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT_SECONDS
@@ -136,6 +146,12 @@ def container_args(args: ServerArgs) -> list[str]:
         f"{FLAG_DEVICE}={args.device}",
         f"{FLAG_MAX_BATCH_SIZE}={args.max_batch_size}",
         f"{FLAG_MAX_BATCH_TOKENS}={args.max_batch_tokens}",
+    ]
+    if args.max_prefill_tokens is not None:
+        rendered.append(f"{FLAG_MAX_PREFILL_TOKENS}={args.max_prefill_tokens}")
+    if args.prefix_cache_tokens is not None:
+        rendered.append(f"{FLAG_PREFIX_CACHE_TOKENS}={args.prefix_cache_tokens}")
+    rendered += [
         f"{FLAG_MAX_WAIT_MS}={args.max_wait_ms}",
         f"{FLAG_MAX_QUEUE}={args.max_queue}",
         f"{FLAG_DRAIN_TIMEOUT_S}={args.drain_timeout_seconds}",

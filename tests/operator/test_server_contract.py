@@ -32,7 +32,12 @@ def test_port_and_health_paths_are_the_documented_ones() -> None:
 def test_every_rendered_flag_is_documented() -> None:
     args = server_contract.container_args(
         server_contract.ServerArgs(
-            model="/models/m", served_model_name="m", gguf_file="m.gguf", api_key_file="/keys"
+            model="/models/m",
+            served_model_name="m",
+            gguf_file="m.gguf",
+            api_key_file="/keys",
+            max_prefill_tokens=256,
+            prefix_cache_tokens=0,
         )
     )
     rendered = {arg.split("=", 1)[0] for arg in args}
@@ -51,7 +56,12 @@ def test_extra_args_come_last() -> None:
 def test_every_flag_the_operator_renders_is_owned() -> None:
     args = server_contract.container_args(
         server_contract.ServerArgs(
-            model="/models/m", served_model_name="m", gguf_file="m.gguf", api_key_file="/keys"
+            model="/models/m",
+            served_model_name="m",
+            gguf_file="m.gguf",
+            api_key_file="/keys",
+            max_prefill_tokens=256,
+            prefix_cache_tokens=0,
         )
     )
     assert {arg.split("=", 1)[0] for arg in args} == set(server_contract.OWNED_FLAGS)
@@ -174,6 +184,9 @@ def test_the_operators_default_limits_are_the_servers() -> None:
         "max_wait_ms": server_contract.DEFAULT_MAX_WAIT_MS,
         "max_queue": server_contract.DEFAULT_MAX_QUEUE,
         "drain_timeout_s": server_contract.DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        # Not rendered unless set; the CRD's descriptions name these.
+        "max_prefill_tokens": server_contract.DEFAULT_MAX_PREFILL_TOKENS,
+        "prefix_cache_tokens": server_contract.DEFAULT_PREFIX_CACHE_TOKENS,
     }
     assert operator == {name: server[name] for name in operator}
     crd = ServerConfig()
@@ -185,7 +198,20 @@ def test_the_operators_default_limits_are_the_servers() -> None:
             spec.max_wait_ms,
             spec.max_queue,
             spec.drain_timeout_seconds,
-        ) == tuple(operator.values())
+        ) == tuple(operator.values())[:5]
+    unset = server_contract.container_args(args)
+    assert not any(
+        arg.startswith(("--max-prefill-tokens", "--prefix-cache-tokens")) for arg in unset
+    )
+    assert crd.max_prefill_tokens is None
+    assert crd.prefix_cache_tokens is None
+    described = ServerConfig.model_fields
+    assert f"default, {server['max_prefill_tokens']}." in str(
+        described["max_prefill_tokens"].description
+    )
+    assert f"default, {server['prefix_cache_tokens']}." in str(
+        described["prefix_cache_tokens"].description
+    )
 
 
 def test_the_download_serves_its_progress_where_the_operator_reads_it() -> None:

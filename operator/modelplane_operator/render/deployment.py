@@ -183,6 +183,8 @@ def render_deployment(
         device="cuda" if gpus > 0 else "cpu",
         max_batch_size=spec.server.max_batch_size,
         max_batch_tokens=spec.server.max_batch_tokens,
+        max_prefill_tokens=spec.server.max_prefill_tokens,
+        prefix_cache_tokens=spec.server.prefix_cache_tokens,
         max_wait_ms=spec.server.max_wait_ms,
         max_queue=spec.server.max_queue,
         drain_timeout_seconds=spec.server.drain_timeout_seconds,
