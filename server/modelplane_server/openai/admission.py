@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelplane_server.engine.contract import (
+    DEFAULT_TENANT,
     EmbeddingEngine,
     EngineError,
     GenerationEngine,
@@ -84,21 +85,24 @@ class Admission:
         self.limits = limits
         self.engines: Engines | None = None
 
-    def loaded(self) -> Engines:
+    def loaded(self, tenant: str = DEFAULT_TENANT) -> Engines:
+        """The engines, or a 503 while loading or draining (counted for the caller's tenant)."""
         if self.lifecycle.draining:
-            self.metrics.on_rejected("draining")
+            self.metrics.on_rejected("draining", tenant)
             raise unavailable(
                 "The server is shutting down; retry on another replica.",
                 DRAINING_RETRY_AFTER_S,
                 "draining",
             )
         if self.engines is None or not self.lifecycle.accepting:
-            self.metrics.on_rejected("not_ready")
+            self.metrics.on_rejected("not_ready", tenant)
             raise unavailable("The model is still loading.", LOADING_RETRY_AFTER_S, "loading")
         return self.engines
 
-    def generation_engine(self, requested: str | None) -> tuple[GenerationEngine, str]:
-        engines = self.loaded()
+    def generation_engine(
+        self, requested: str | None, tenant: str = DEFAULT_TENANT
+    ) -> tuple[GenerationEngine, str]:
+        engines = self.loaded(tenant)
         served = engines.generation_model_id
         if requested not in (None, "", served):
             embedding = engines.embedding
@@ -117,8 +121,10 @@ class Admission:
             )
         return engines.generation, served
 
-    def embedding_engine(self, requested: str | None) -> EmbeddingEngine:
-        engines = self.loaded()
+    def embedding_engine(
+        self, requested: str | None, tenant: str = DEFAULT_TENANT
+    ) -> EmbeddingEngine:
+        engines = self.loaded(tenant)
         engine = engines.embedding
         if engine is None:
             raise ApiError(

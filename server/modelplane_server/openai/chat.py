@@ -12,6 +12,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelplane_server.api_keys import tenant_of
 from modelplane_server.engine.contract import FinishReason, GenerationDelta
 from modelplane_server.http.errors import invalid
 from modelplane_server.openai.admission import Admission
@@ -50,7 +51,7 @@ async def create_chat_completion(
     admission: Admission, body: ChatCompletionRequest, raw: Request
 ) -> Response:
     arrival = time.monotonic()
-    engine, model = admission.generation_engine(body.model)
+    engine, model = admission.generation_engine(body.model, tenant_of(raw.scope))
     body.forced_tools()  # a tool_choice the tools cannot honour is a 400 before any work
     offered = body.offered_tools()
     renders_tools = engine.chat_template_renders_tools

@@ -9,6 +9,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelplane_server.api_keys import tenant_of
 from modelplane_server.engine.contract import GenerationDelta
 from modelplane_server.openai.admission import Admission
 from modelplane_server.openai.generation import (
@@ -35,7 +36,7 @@ async def create_completion(
     admission: Admission, body: CompletionRequest, raw: Request
 ) -> Response:
     arrival = time.monotonic()
-    engine, model = admission.generation_engine(body.model)
+    engine, model = admission.generation_engine(body.model, tenant_of(raw.scope))
     prompt = body.prompt_input()
     if isinstance(prompt, str):
         prompt_ids = await tokenize(partial(engine.encode, prompt), len(prompt))

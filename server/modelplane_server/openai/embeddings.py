@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
+from modelplane_server.api_keys import tenant_of
 from modelplane_server.engine.contract import EmbeddingEngine, EngineError
 from modelplane_server.http.errors import invalid
 from modelplane_server.http.streaming import until_disconnected
@@ -34,7 +35,7 @@ async def _embed(
 async def create_embeddings(
     admission: Admission, body: EmbeddingRequest, raw: Request
 ) -> EmbeddingResponse:
-    engine = admission.embedding_engine(body.model)
+    engine = admission.embedding_engine(body.model, tenant_of(raw.scope))
     texts = body.texts()
     if body.dimensions is not None and body.dimensions != engine.dimensions:
         raise invalid(
@@ -54,7 +55,7 @@ async def create_embeddings(
 async def similarity(
     admission: Admission, body: SimilarityRequest, raw: Request
 ) -> SimilarityResponse:
-    engine = admission.embedding_engine(body.model)
+    engine = admission.embedding_engine(body.model, tenant_of(raw.scope))
     queries = body.queries if body.queries is not None else body.texts
     unique = list(dict.fromkeys([*queries, *body.texts]))
     vectors, tokens = await _embed(raw, engine, unique, "texts")

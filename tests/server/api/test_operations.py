@@ -201,6 +201,30 @@ async def test_drain_finishes_in_flight_work_and_refuses_new_work() -> None:
     assert finished.json()["usage"]["completion_tokens"] == 30
 
 
+async def test_refusals_while_draining_are_counted_for_the_callers_tenant(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("sk-a tenant=team-a\n", encoding="utf-8")
+    bearer = {"Authorization": "Bearer sk-a"}
+    async with serve(api_key_file=key_file, drain_timeout_s=1) as served:
+        client = served.client
+        drain = served.state.drain()
+        chat = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+            headers=bearer,
+        )
+        embedding = await client.post("/v1/embeddings", json={"input": "x"}, headers=bearer)
+        metrics = (await client.get("/metrics")).text
+        await drain
+    for response in (chat, embedding):
+        assert assert_openai_error(response, 503)["code"] == "draining"
+    assert (
+        'modelplane_tenant_admission_rejections_total{reason="draining",tenant="team-a"} 2.0'
+        in metrics
+    )
+    assert 'reason="draining",tenant="default"' not in metrics
+
+
 async def test_drain_timeout_ends_the_rest_with_abort() -> None:
     engine = FakeGenerationEngine(step_delay_s=0.01)
     async with serve(generation=engine, drain_timeout_s=0.1) as served:
