@@ -71,7 +71,12 @@ class GrammarCompiler:
 
 
 def apply_grammar_masks(logits: torch.Tensor, rows: Sequence[tuple[int, RowGrammar]]) -> None:
-    """Set to -inf, in place, every token the grammar of row `offset` of `logits` forbids."""
+    """Set to -inf, in place, every token the grammar of row `offset` of `logits` forbids.
+
+    A row left with nothing allowed (its grammar wants only EOS while `min_tokens` still holds EOS
+    back, or a token it needs is a held-back stop id) gets its EOS back: the grammar wins, and the
+    row ends instead of sampling from nothing (NaN probabilities, which would fail the whole
+    step)."""
     if not rows:
         return
     vocabulary = logits.shape[-1]
@@ -92,9 +97,14 @@ def apply_grammar_masks(logits: torch.Tensor, rows: Sequence[tuple[int, RowGramm
     # In place, row by row: a gather/scatter of the constrained rows costs twice as much.
     if [offset for offset, _ in rows] == list(range(logits.shape[0])):
         logits.masked_fill_(forbidden, float("-inf"))
-        return
-    for index, (offset, _) in enumerate(rows):
-        logits[offset].masked_fill_(forbidden[index], float("-inf"))
+    else:
+        for index, (offset, _) in enumerate(rows):
+            logits[offset].masked_fill_(forbidden[index], float("-inf"))
+    offsets = torch.tensor([offset for offset, _ in rows], device=logits.device)
+    dead = torch.isneginf(logits.index_select(0, offsets)).all(dim=-1).tolist()
+    for (offset, grammar), nothing_left in zip(rows, dead, strict=True):
+        if nothing_left:
+            logits[offset, list(grammar.eos_token_ids)] = 0.0
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocabulary: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,7 @@ from modelplane_server.engine.contract import SamplingParams
 from modelplane_server.http.errors import invalid
 from modelplane_server.openai.structured import (
     ANY_JSON_OBJECT,
+    checked_schema,
     json_schema_grammar,
     tool_call_grammar,
 )
@@ -77,7 +79,9 @@ class JsonSchemaFormat(BaseModel):
 
     name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: StrictStr | None = None
-    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    json_schema: Annotated[dict[str, Any], AfterValidator(checked_schema)] = Field(
+        default_factory=dict, alias="schema"
+    )
     strict: StrictBool | None = None
 
 
@@ -342,7 +346,9 @@ class FunctionDefinition(BaseModel):
 
     name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: StrictStr | None = None
-    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments")
+    parameters: Annotated[dict[str, Any], AfterValidator(checked_schema)] | None = Field(
+        None, description="a JSON schema of the arguments"
+    )
     strict: StrictBool | None = None
 
 

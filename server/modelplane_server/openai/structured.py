@@ -15,7 +15,19 @@ from typing import Any
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+# A schema's largest JSON text: real ones are a few KiB; a bigger one would only cost the event loop
+# (its check) and the step thread (each row's compile) time.
+MAX_SCHEMA_BYTES = 65_536
 _COMPACT = {"whitespace_flexible": False}
+
+
+def checked_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request's JSON schema as the grammar takes it; a `ValueError` says what is wrong."""
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"the schema is longer than {MAX_SCHEMA_BYTES} bytes of JSON")
+    if not isinstance(schema.get("x-guidance", {}), dict):
+        raise ValueError("x-guidance, if given, must be an object of llguidance options")
+    return schema
 
 
 def json_schema_grammar(schema: Mapping[str, Any]) -> str:

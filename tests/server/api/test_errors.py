@@ -78,6 +78,42 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str | None]] = [
     (CHAT, {"messages": USER, "tool_choice": "required"}, 400, "tool_choice"),
     (CHAT, {"messages": USER, "functions": [{"name": "f"}]}, 400, "functions"),
     (CHAT, {"messages": USER, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
+    (
+        CHAT,
+        {
+            "messages": USER,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"type": "object", "x-guidance": None}},
+            },
+        },
+        400,
+        "response_format.json_schema.schema",
+    ),
+    (
+        CHAT,
+        {
+            "messages": USER,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"enum": ["x" * 1024] * 65}},
+            },
+        },
+        400,
+        "response_format.json_schema.schema",
+    ),
+    (
+        CHAT,
+        {
+            "messages": USER,
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"x-guidance": 1}}}
+            ],
+            "tool_choice": "required",
+        },
+        400,
+        "tools[0].function.parameters",
+    ),
     (CHAT, {"messages": USER, "stream_options": {"include_usage": "yes"}}, 400, None),
     (EMBEDDINGS, {"input": ""}, 400, "input"),
     (EMBEDDINGS, {"input": []}, 400, "input"),

@@ -97,6 +97,29 @@ def test_a_constrained_row_samples_only_what_its_grammar_allows(
     assert 0 <= value["n"] <= 9
 
 
+def test_a_complete_grammar_ends_its_row_even_while_min_tokens_holds_eos_back(
+    compiler: GrammarCompiler, tokenizer: Any
+) -> None:
+    """min_tokens masks EOS; a grammar that allows only EOS would leave nothing to sample (NaN
+    probabilities fail the whole step): the grammar wins and the row ends."""
+    eos = tokenizer.eos_token_id
+    params = SamplingParams(
+        temperature=1.0, seed=3, min_tokens=20, grammar=json_schema_grammar({"type": "boolean"})
+    )
+    state = SamplingState(2, CPU)
+    processor = RowProcessor(params, (), (eos,), compiler.row(params.grammar or ""))
+    state.set_rows(0, [1.0, 1.0], [1.0, 1.0], [0, 0], [1, 3], processors=[None, processor])
+    generator = torch.Generator().manual_seed(1)
+    tokens = []
+    for _ in range(10):
+        picked = state.sample(torch.randn(2, len(tokenizer), generator=generator), 0)
+        tokens.append(int(picked[1]))
+        if tokens[-1] == eos:
+            break
+    assert tokens[-1] == eos
+    assert tokenizer.decode(tokens[:-1]) in {"true", "false"}
+
+
 def test_a_bad_grammar_is_reported_and_cached(compiler: GrammarCompiler) -> None:
     bad = json_schema_grammar({"type": "no-such-type"})
     assert compiler.error(bad)
