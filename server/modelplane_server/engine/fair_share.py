@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 
 from modelplane_server.engine.sequence import GenerationSequence, SequenceState
 
+# Dead heap entries (requests that finished while queued) a tenant's heap may hold beyond its live
+# ones before it is rebuilt: pruning only at the head would let cancellations pile up while the
+# batch is full (nothing is admitted, so no head is looked at).
+_DEAD_SLACK = 64
+
 
 @dataclass(frozen=True)
 class TenantPolicy:
@@ -32,7 +37,8 @@ class TenantPolicy:
 @dataclass
 class TenantQueue:
     """One tenant's waiting requests (lazily pruned: a request that finished while queued stays
-    in the heap until it surfaces) and its counts, which hold only the live ones."""
+    in the heap until it surfaces or `FairShare.drop` rebuilds the heap) and its counts, which
+    hold only the live ones."""
 
     policy: TenantPolicy
     heap: list[tuple[int, int, GenerationSequence]] = field(default_factory=list)
@@ -95,3 +101,15 @@ class FairShare:
     def forget(queue: TenantQueue, sequence: GenerationSequence) -> None:
         queue.count -= 1
         queue.prompt_tokens -= sequence.prompt_tokens
+
+    def drop(self, queue: TenantQueue, sequence: GenerationSequence) -> None:
+        """A queued `sequence` finished (cancelled, expired): off the counts now, off the heap
+        when it surfaces, or at once when dead entries outnumber the live ones by the slack."""
+        self.forget(queue, sequence)
+        if len(queue.heap) > 2 * queue.count + _DEAD_SLACK:
+            queue.heap = [
+                entry
+                for entry in queue.heap
+                if entry[2] is not sequence and entry[2].state is SequenceState.WAITING
+            ]
+            heapq.heapify(queue.heap)

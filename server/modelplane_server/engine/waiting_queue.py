@@ -125,7 +125,7 @@ class WaitingQueue:
         with self._lock:
             self.count -= 1
             self.prompt_tokens -= sequence.prompt_tokens
-            self._fair.forget(self._fair.tenant(sequence.request.tenant), sequence)
+            self._fair.drop(self._fair.tenant(sequence.request.tenant), sequence)
 
     def waiting_by_tenant(self) -> dict[str, int]:
         with self._lock:

@@ -135,6 +135,24 @@ async def test_a_request_that_finished_while_queued_leaves_its_tenants_counts() 
     assert admit_order(waiting, 2) == ["a"]
 
 
+async def test_requests_cancelled_while_queued_do_not_pile_up_while_nothing_is_admitted() -> None:
+    """With the batch full nothing is admitted, so no head is pruned: the heap is rebuilt once
+    its dead entries outnumber the live ones, and the live ones keep their order."""
+    waiting = queue()
+    kept = [sequence("a", priority=p) for p in (2, 1)]
+    for live in kept:
+        waiting.push(live)
+    for _ in range(1000):
+        cancelled = sequence("a", priority=0)
+        waiting.push(cancelled)
+        waiting.remove(cancelled)
+        cancelled.state = SequenceState.FINISHED
+    assert len(waiting.queued()) <= 2 * len(kept) + 64 + 1
+    assert sorted(s.seq_id for s in waiting.waiting()) == sorted(s.seq_id for s in kept)
+    admitted, _ = waiting.admit(budget=10_000, free_rows=2, chunking=False)
+    assert admitted == [kept[1], kept[0]]
+
+
 async def test_the_engine_raises_the_tenant_limit_and_reports_the_tenant() -> None:
     observer = RecordingObserver()
     engine = ContinuousBatchingEngine(
