@@ -406,12 +406,12 @@ class PodRunner:
                 Container(self, c, plan_container(self.pod, c, self.layout, lookup), init=False)
                 for c in spec["containers"]
             ]
-        except PodConfigError as error:
+            self._prepare_directories(secret_files)
+        except (PodConfigError, OSError) as error:
             self.config_error = str(error)
             log.warning("%s: cannot run: %s", self.key, error)
             self.publish()
             return
-        self._prepare_directories(secret_files)
         for container in (*self.init_containers, *self.containers):
             log.info(
                 "%s: %s: %s", self.key, container.name, "; ".join(container.plan.substitutions)
@@ -436,11 +436,15 @@ class PodRunner:
             elif "secret" in volume:
                 directory = self.layout.volume_dir(volume["name"])
                 directory.mkdir(parents=True, exist_ok=True)
+                source = volume["secret"]
+                modes = {item["path"]: item.get("mode") for item in source.get("items") or []}
                 for path, content in secret_files.get(volume["name"], {}).items():
-                    file = directory / path
+                    file = directory / path  # relative, without `..`: the apiserver checks
+                    file.parent.mkdir(parents=True, exist_ok=True)
                     file.unlink(missing_ok=True)  # a read-only mode would refuse the rewrite
-                    file.write_text(content)
-                    file.chmod(volume["secret"].get("defaultMode", 0o644))
+                    # The Secret's bytes as they were (see resolve_references).
+                    file.write_bytes(content.encode(errors="surrogateescape"))
+                    file.chmod(modes.get(path) or source.get("defaultMode", 0o644))
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 (self.layout.claims_root / self.namespace / claim).mkdir(
@@ -658,7 +662,8 @@ class LocalKubelet:
             data: Mapping[str, str] = getattr(obj, "data", None) or {}
             raw = data.get(key)
             if raw is not None and kind == "Secret":
-                raw = base64.b64decode(raw).decode()
+                # Bytes that are not UTF-8 survive the round trip to a Secret volume's file.
+                raw = base64.b64decode(raw).decode(errors="surrogateescape")
             values[(kind, namespace, name, key)] = raw
 
         def lookup(kind: str, ns: str, name: str, key: str) -> str | None:

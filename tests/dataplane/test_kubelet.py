@@ -1,11 +1,13 @@
 """The local kubelet keeps status level-based (conditions another writer changed are rewritten)
 and runs Job pods to completion: exit codes to Succeeded/Failed, restarts for OnFailure, and the
-FallbackToLogsOnError message."""
+FallbackToLogsOnError message, and writes Secret volumes as the kubelet does."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from dataplane.kubelet import KubeletConfig, LocalKubelet, PodRunner, conditions_overwritten
@@ -43,8 +45,12 @@ def test_a_condition_we_wrote_missing_from_the_live_pod_is_an_overwrite() -> Non
 class StatusRecorder:
     """The API client as far as a pod runner uses it: status patches are kept, events dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: dict[str, dict[str, str]] | None = None) -> None:
         self.statuses: list[dict[str, Any]] = []
+        self.secrets = secrets or {}  # name -> data (base64), as the API returns them
+
+    async def get(self, resource: Any, name: str, **_: Any) -> Any:
+        return SimpleNamespace(data=self.secrets[name])
 
     async def patch(self, resource: Any, name: str, body: dict[str, Any], **_: Any) -> None:
         self.statuses.append(body["status"])
@@ -72,9 +78,9 @@ def job_pod(script: str, restart_policy: str) -> dict[str, Any]:
 
 
 async def run_to_the_end(
-    tmp_path: Path, pod: dict[str, Any]
+    tmp_path: Path, pod: dict[str, Any], client: StatusRecorder | None = None
 ) -> tuple[StatusRecorder, dict[str, Any]]:
-    client = StatusRecorder()
+    client = client or StatusRecorder()
     config = KubeletConfig(state_dir=tmp_path, bin_dir=tmp_path / "bin", backoff_base_s=0.1)
     kubelet = LocalKubelet(client, config)  # type: ignore[arg-type]
     runner = PodRunner(kubelet, pod)
@@ -110,3 +116,28 @@ async def test_an_on_failure_job_pod_restarts_until_it_succeeds(tmp_path: Path) 
     assert container["lastState"]["terminated"]["message"] == "NetworkError: x\n"
     assert "message" not in container["state"]["terminated"]  # success: no message
     assert all(s["phase"] != "Failed" for s in client.statuses)  # OnFailure: never Failed
+
+
+async def test_a_secret_volume_item_keeps_its_bytes_its_mode_and_its_subdirectory(
+    tmp_path: Path,
+) -> None:
+    secret = b"\xffsk-1 tenant=a\n"  # not UTF-8: a Secret's data is bytes
+    expected = tmp_path / "expected"
+    expected.write_bytes(secret)
+    script = f'test "$(stat -c %a "$KEYS")" = 400 && cmp "$KEYS" {expected}'
+    pod = job_pod(script, "Never")
+    pod["spec"]["volumes"] = [
+        {
+            "name": "keys",
+            "secret": {
+                "secretName": "s",
+                "items": [{"key": "k", "path": "nested/api-keys", "mode": 0o400}],
+            },
+        }
+    ]
+    container = pod["spec"]["containers"][0]
+    container["volumeMounts"] = [{"name": "keys", "mountPath": "/etc/keys", "readOnly": True}]
+    container["env"] = [{"name": "KEYS", "value": "/etc/keys/nested/api-keys"}]
+    client = StatusRecorder({"s": {"k": base64.b64encode(secret).decode()}})
+    _, status = await run_to_the_end(tmp_path, pod, client)
+    assert status["phase"] == "Succeeded", status
