@@ -45,7 +45,7 @@ def template_messages(
         entry: dict[str, Any] = {"role": role, "content": message.text()}
         if template_renders_tools:
             if message.tool_calls:
-                entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+                entry["tool_calls"] = [_native_call(call) for call in message.tool_calls]
             if message.tool_call_id is not None:
                 entry["tool_call_id"] = message.tool_call_id
         else:
@@ -71,12 +71,24 @@ def template_tools(tools: Sequence[ToolDefinition]) -> list[dict[str, Any]]:
     return [tool.model_dump(exclude_none=True) for tool in tools]
 
 
-def _call_text(call: ToolCall) -> str:
+def _arguments(call: ToolCall) -> Any:
+    """A call's arguments as an object when its JSON string parses, else the string."""
     try:
-        arguments: Any = json.loads(call.function.arguments)
+        return json.loads(call.function.arguments)
     except ValueError:
-        arguments = call.function.arguments
-    body = json.dumps({"name": call.function.name, "arguments": arguments})
+        return call.function.arguments
+
+
+def _native_call(call: ToolCall) -> dict[str, Any]:
+    """A call for a template that renders tool calls itself: arguments as an object, as those
+    templates expect (they `tojson` them; a JSON string would reach the model encoded twice)."""
+    dumped = call.model_dump()
+    dumped["function"]["arguments"] = _arguments(call)
+    return dumped
+
+
+def _call_text(call: ToolCall) -> str:
+    body = json.dumps({"name": call.function.name, "arguments": _arguments(call)})
     return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
 
 

@@ -94,5 +94,8 @@ def test_a_template_without_tools_gets_a_preamble_and_calls_as_text() -> None:
     assert rendered[3] == {"role": "tool", "content": "<tool_response>\n21 C\n</tool_response>"}
     native = template_messages(messages, [WEATHER], template_renders_tools=True)
     assert native[2]["tool_calls"][0]["function"]["name"] == "get_weather"
+    # An object, as templates that render calls expect (they tojson it; a string would be
+    # encoded twice).
+    assert native[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert native[3]["tool_call_id"] == "call_1"
     assert native[0] == {"role": "system", "content": "Be brief."}
