@@ -9,8 +9,9 @@ One key per line, `#` starts a comment line, blank lines are skipped. After the 
 
 A bare key (the format before tenants existed) belongs to tenant `default` with share 1. Several
 keys may name one tenant; the policy fields may then be given on any of its lines, but lines that
-both give a field must agree. `max_queue` and `max_queue_tokens` bound the tenant's own waiting
-requests and prompt tokens (0 or absent: only the server's --max-queue limits apply).
+both give a field must agree, and a key listed twice must name the same tenant both times.
+`max_queue` and `max_queue_tokens` bound the tenant's own waiting requests and prompt tokens (0 or
+absent: only the server's --max-queue limits apply).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def parse_key_file(lines: Iterable[str]) -> KeyFile:
     """Parse the key file's lines; a `ValueError` names the offending line."""
     keys: list[ApiKey] = []
     fields_by_tenant: dict[str, dict[str, tuple[int, int]]] = {DEFAULT_TENANT: {}}
+    seen: dict[str, tuple[str, int]] = {}  # key -> (tenant, line)
     for number, line in enumerate(lines, start=1):
         words = line.split()
         if not words or words[0].startswith("#"):
@@ -60,6 +62,13 @@ def parse_key_file(lines: Iterable[str]) -> KeyFile:
                     f"line {number}: tenant '{tenant}' has {name}={value}, but line {earlier[1]} "
                     f"gave it {name}={earlier[0]}"
                 )
+        earlier_key = seen.setdefault(words[0], (tenant, number))
+        if earlier_key[0] != tenant:
+            # The key itself stays out of the message: it is a secret, and messages reach logs.
+            raise ValueError(
+                f"line {number}: this key is also on line {earlier_key[1]}, for tenant "
+                f"'{earlier_key[0]}' there and '{tenant}' here; a key belongs to one tenant"
+            )
         keys.append(ApiKey(words[0], tenant))
     tenants = {
         tenant: TenantPolicy(**{name: value for name, (value, _) in fields.items()})

@@ -170,5 +170,11 @@ class ServerSettings(BaseSettings):
         parsed = parse_key_file(lines)
         keys = parsed.keys
         if self.api_key is not None and self.api_key.get_secret_value().strip():
-            keys = (ApiKey(self.api_key.get_secret_value().strip()), *keys)
+            single = ApiKey(self.api_key.get_secret_value().strip())
+            if any(key.key == single.key and key.tenant != single.tenant for key in keys):
+                raise ValueError(
+                    "MODELPLANE_API_KEY is also a key of --api-key-file with another tenant; "
+                    "a key belongs to one tenant (the variable's is 'default')"
+                )
+            keys = (single, *keys)
         return KeyFile(keys, parsed.tenants)
