@@ -14,6 +14,17 @@ from modelplane_server.cli import build_parser
 CONTRACT = (Path(__file__).resolve().parents[2] / "docs" / "server-contract.md").read_text()
 
 
+# Every optional field set, so the operator renders every flag it can.
+EVERY_FLAG = server_contract.ServerArgs(
+    model="/models/m",
+    served_model_name="m",
+    gguf_file="m.gguf",
+    api_key_file="/keys",
+    max_prefill_tokens=256,
+    prefix_cache_tokens=0,
+)
+
+
 def documented_flags() -> set[str]:
     return set(re.findall(r"^\| `(--[a-z0-9-]+)`", CONTRACT, flags=re.MULTILINE))
 
@@ -30,16 +41,7 @@ def test_port_and_health_paths_are_the_documented_ones() -> None:
 
 
 def test_every_rendered_flag_is_documented() -> None:
-    args = server_contract.container_args(
-        server_contract.ServerArgs(
-            model="/models/m",
-            served_model_name="m",
-            gguf_file="m.gguf",
-            api_key_file="/keys",
-            max_prefill_tokens=256,
-            prefix_cache_tokens=0,
-        )
-    )
+    args = server_contract.container_args(EVERY_FLAG)
     rendered = {arg.split("=", 1)[0] for arg in args}
     assert rendered <= documented_flags(), rendered - documented_flags()
 
@@ -54,16 +56,7 @@ def test_extra_args_come_last() -> None:
 
 
 def test_every_flag_the_operator_renders_is_owned() -> None:
-    args = server_contract.container_args(
-        server_contract.ServerArgs(
-            model="/models/m",
-            served_model_name="m",
-            gguf_file="m.gguf",
-            api_key_file="/keys",
-            max_prefill_tokens=256,
-            prefix_cache_tokens=0,
-        )
-    )
+    args = server_contract.container_args(EVERY_FLAG)
     assert {arg.split("=", 1)[0] for arg in args} == set(server_contract.OWNED_FLAGS)
 
 
