@@ -100,11 +100,11 @@ def apply_grammar_masks(logits: torch.Tensor, rows: Sequence[tuple[int, RowGramm
     else:
         for index, (offset, _) in enumerate(rows):
             logits[offset].masked_fill_(forbidden[index], float("-inf"))
-    offsets = torch.tensor([offset for offset, _ in rows], device=logits.device)
-    dead = torch.isneginf(logits.index_select(0, offsets)).all(dim=-1).tolist()
-    for (offset, grammar), nothing_left in zip(rows, dead, strict=True):
-        if nothing_left:
-            logits[offset, list(grammar.eos_token_ids)] = 0.0
+    # On the device, without a sync: every row's EOS logits become 0 where nothing is left.
+    offsets = torch.tensor([offset for offset, _ in rows], device=logits.device)[:, None]
+    eos = torch.tensor(rows[0][1].eos_token_ids, dtype=torch.long, device=logits.device)[None, :]
+    dead = torch.isneginf(logits[offsets[:, 0]]).all(dim=-1, keepdim=True)
+    logits[offsets, eos] = torch.where(dead, 0.0, logits[offsets, eos])
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocabulary: int) -> torch.Tensor:
