@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, FilePath, SecretStr
+from pydantic import Field, FilePath, PrivateAttr, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelplane_server.api_keys import ApiKey, KeyFile, parse_key_file
@@ -34,6 +34,7 @@ class ServerSettings(BaseSettings):
     `MODELPLANE_FOO_BAR`; flags win over the environment."""
 
     model_config = SettingsConfigDict(env_prefix="MODELPLANE_", extra="forbid", frozen=True)
+    _key_file: KeyFile | None = PrivateAttr(default=None)  # api_keys(), read once
 
     host: str = Field("0.0.0.0", description="bind address")  # noqa: S104  # a pod serves its IP
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
@@ -162,8 +163,14 @@ class ServerSettings(BaseSettings):
     def api_keys(self) -> KeyFile:
         """The accepted Bearer keys and their tenants: MODELPLANE_API_KEY (tenant `default`) plus
         every key line of --api-key-file (format in `api_keys`). No keys means authentication is
-        off. Read once at startup: rotating a mounted Secret takes a restart, which a Deployment
-        rollout gives anyway."""
+        off. Read once (the auth middleware, the metrics and the engine all ask, and must agree
+        even if the mounted Secret changes meanwhile): rotating it takes a restart, which a
+        Deployment rollout gives anyway."""
+        if self._key_file is None:
+            self._key_file = self._read_key_file()
+        return self._key_file
+
+    def _read_key_file(self) -> KeyFile:
         lines: list[str] = []
         if self.api_key_file is not None:
             lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
